@@ -1,0 +1,233 @@
+"""Command-line parsing and validation, and `main(argv) -> exit code`.
+
+Everything a user can get wrong in the arguments is found here, before any
+input is read or the model loads, and reported as one line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from . import DEFAULT_MODEL, __version__
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, QwenVLError, UsageError
+from .inputs import DEFAULT_DPI, DEFAULT_MAX_BYTES, DEFAULT_URL_TIMEOUT, parse_pages
+from .outputs import FORMATS, format_for_path
+from .prompts import DEFAULT_MIN_PIXELS, TASKS
+
+EPILOG = """\
+exit codes: 0 success, 1 an input, model or write failure (batch: any request
+failed), 2 a usage error (found before the model loads), 130 interrupted.
+
+examples:
+  %(prog)s --image test_images/sample.jpg --task caption
+  %(prog)s --image invoice.pdf --task ocr --pages 1-2 --output result.json
+  %(prog)s --images a.jpg b.jpg --task vqa --prompt "What changed?"
+  %(prog)s --video clip.mp4 --fps 1 --max-frames 16 --prompt "What happens?"
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every usage error
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="predict.py",
+        description="Caption, OCR and visual question answering with Qwen3-VL-2B-Instruct "
+        "on images, PDFs and video.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("inputs")
+    src.add_argument("--image", action="append", default=[], metavar="SRC",
+                     help="an image or PDF: a path, http(s) URL, data: URI or - for stdin; repeat it "
+                          "to put several images in one prompt")
+    src.add_argument("--images", nargs="+", default=[], metavar="SRC",
+                     help="several images after one flag (same as repeating --image)")
+    src.add_argument("--video", metavar="SRC", help="a video file or URL: one prompt over sampled frames")
+    src.add_argument("--history", metavar="FILE",
+                     help="JSON file of earlier chat turns; the new turn and its answer are appended to it")
+
+    task = p.add_argument_group("task")
+    task.add_argument("--task", choices=sorted(TASKS), default="caption",
+                      help="caption, ocr, or vqa (vqa needs --prompt) (default: caption)")
+    task.add_argument("--prompt", help="the instruction or question; overrides the task's default prompt")
+    task.add_argument("--system", help="a system prompt (none by default, like the model's template)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--output", "-o", metavar="PATH", help="write the result here (default: stdout); "
+                     "folders are created, the file is written atomically")
+    out.add_argument("--format", choices=FORMATS[:2], default=None,
+                     help="txt or json (default: from the --output extension, else txt)")
+    out.add_argument("--quiet", "-q", action="store_true", help="print nothing but results and errors")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default=os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL,
+                       help="hub id or local checkpoint folder (default: $QWENVL_MODEL, else %(default)s)")
+    model.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto",
+                       help="auto picks cuda, then mps, then cpu; others are obeyed exactly (default: auto)")
+    model.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                       help="weights dtype; auto: bfloat16 on cuda (float16 if unsupported), float16 on mps, "
+                            "bfloat16 on cpu (default: auto)")
+
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
+                     help="token limit per answer (default: " +
+                          ", ".join(f"{t.name} {t.max_new_tokens}" for t in TASKS.values()) + ")")
+    gen.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                     help="0 is greedy and deterministic; above 0 samples (default: 0)")
+    gen.add_argument("--top-p", type=_positive_float, default=None,
+                     help="nucleus sampling, with --temperature > 0 (default: the model's, 0.8)")
+    gen.add_argument("--top-k", type=_positive_int, default=None,
+                     help="top-k sampling, with --temperature > 0 (default: the model's, 20)")
+    gen.add_argument("--repetition-penalty", type=_positive_float, default=None,
+                     help="above 1 discourages repeats (default: the model's, 1.0)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    gen.add_argument("--loop-guard", action=argparse.BooleanOptionalAction, default=True,
+                     help="stop an answer that repeats one cycle of tokens, finish_reason "
+                          "'repetition' (default: on)")
+
+    vis = p.add_argument_group("images, PDFs and video")
+    vis.add_argument("--min-pixels", type=_positive_int, default=DEFAULT_MIN_PIXELS, metavar="N",
+                     help="smaller images are upscaled to this many pixels (default: %(default)s, 64 tokens)")
+    vis.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+                     help="larger images are downscaled to this many pixels; one token is 32x32 pixels "
+                          "(default: " + ", ".join(f"{t.name} {t.max_pixels}" for t in TASKS.values()) + ")")
+    vis.add_argument("--dpi", type=_positive_int, default=DEFAULT_DPI,
+                     help="resolution for rendering PDF pages (default: %(default)s)")
+    vis.add_argument("--pages", metavar="SPEC", help="PDF pages to read, like 1-3,5 (default: all)")
+    vis.add_argument("--fps", type=_positive_float, default=2.0,
+                     help="video frames sampled per second (default: %(default)s)")
+    vis.add_argument("--max-frames", type=_positive_int, default=32, metavar="N",
+                     help="at most this many video frames, spread over the whole video (default: %(default)s)")
+
+    net = p.add_argument_group("network and limits")
+    net.add_argument("--url-timeout", type=_positive_float, default=DEFAULT_URL_TIMEOUT, metavar="SECONDS",
+                     help="give up on a URL that does not connect or answer within this time (default: %(default)s)")
+    net.add_argument("--max-input-mb", type=_positive_float, default=DEFAULT_MAX_BYTES / 2**20, metavar="MB",
+                     help="largest file or download accepted (default: %(default)g)")
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Cross-argument checks; fills in derived values. Raises UsageError."""
+    args.sources = list(args.image) + list(args.images)
+    if not args.sources and not args.video and not args.history:
+        raise UsageError("no input: give --image SRC, --images SRC..., --video SRC or --history FILE")
+    stdin_uses = args.sources.count("-") + (args.video == "-")
+    if stdin_uses > 1:
+        raise UsageError("standard input (-) can be read only once")
+    if args.task == "vqa" and not (args.prompt and args.prompt.strip()):
+        raise UsageError("--task vqa needs a question: add --prompt \"...\"")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt is empty")
+    if args.max_pixels is None:
+        args.max_pixels = TASKS[args.task].max_pixels
+    if args.min_pixels > args.max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
+    if args.max_pixels < 32 * 32:
+        raise UsageError(f"--max-pixels {args.max_pixels} is below one visual token (1024 pixels)")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = TASKS[args.task].max_new_tokens
+    if args.top_p is not None and args.top_p > 1:
+        raise UsageError(f"--top-p {args.top_p} must be in (0, 1]")
+    if args.temperature == 0 and (args.top_p is not None or args.top_k is not None):
+        raise UsageError("--top-p and --top-k apply to sampling: add --temperature above 0")
+    if not 18 <= args.dpi <= 1200:
+        raise UsageError(f"--dpi {args.dpi} is outside 18..1200")
+    args.page_list = parse_pages(args.pages) if args.pages else None
+    if args.fps > 60:
+        raise UsageError(f"--fps {args.fps} is above 60")
+    if args.history and len(args.sources) and any(s.lower().endswith(".pdf") for s in args.sources):
+        raise UsageError("--history cannot be combined with a PDF (each page is its own answer)")
+    fmt_from_path = format_for_path(args.output)
+    if args.format is None:
+        args.format = fmt_from_path if fmt_from_path in ("txt", "json") else "txt"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code. Never raises for a user's mistake."""
+    from .runner import run
+
+    stderr = sys.stderr
+    previous = _install_signal_handlers()
+    try:
+        args = validate(build_parser().parse_args(argv))
+        return run(args)
+    except UsageError as exc:
+        print(f"error: {exc} (see --help)", file=stderr)
+        return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted", file=stderr)
+        return EXIT_INTERRUPTED
+    except QwenVLError as exc:
+        print(f"error: {exc}", file=stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    finally:
+        _restore_signal_handlers(previous)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def _install_signal_handlers():
+    """SIGTERM behaves like Ctrl-C: finished results are kept, exit 130."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _restore_signal_handlers(previous) -> None:
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except ValueError:
+            pass

@@ -1,0 +1,104 @@
+"""Result records and the writers that render them.
+
+One record shape serves every format: `txt` renders its text, `json` the whole
+record, `jsonl` one record per line. Files are written atomically (a temporary
+file in the same folder, then a rename), so an output file is either complete
+or absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from .errors import OutputError
+
+FORMATS = ("txt", "json", "jsonl")
+
+
+def page_marker(source: str, page: int) -> str:
+    return f"--- page {page} of {source} ---"
+
+
+def render_txt(record: dict) -> str:
+    if record.get("pages"):
+        parts = []
+        for page in record["pages"]:
+            parts.append(page_marker(page["source"], page["page"]))
+            parts.append(page["text"] if page.get("error") is None else f"[error: {page['error']['message']}]")
+        return "\n".join(parts) + "\n"
+    return (record.get("text") or "") + "\n"
+
+
+def render_json(record: dict) -> str:
+    return json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_jsonl(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+RENDERERS = {"txt": render_txt, "json": render_json, "jsonl": render_jsonl}
+
+
+def render(record: dict, fmt: str) -> str:
+    return RENDERERS[fmt](record)
+
+
+def format_for_path(path: str | None) -> str | None:
+    """The format implied by an output file's extension, if any."""
+    if not path:
+        return None
+    suffix = Path(path).suffix.lower()
+    return {".json": "json", ".jsonl": "jsonl", ".txt": "txt", ".md": "txt"}.get(suffix)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def atomic_write(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` whole, or leave `path` as it was."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot create the folder {target.parent} ({_describe_os_error(exc)})") from None
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder, not a file")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write ({_describe_os_error(exc)})") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_stdout(text: str, stream: IO[str]) -> None:
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"stdout: cannot write ({_describe_os_error(exc)})") from None

@@ -1,0 +1,297 @@
+"""Runs a validated command: loads inputs, the model once, generates, writes.
+
+Inputs are read and checked before the model loads, so a missing file fails in
+well under a second. Every result is a record (see outputs.py).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+from . import __version__
+from .errors import EXIT_FAILURE, EXIT_OK, InputError, QwenVLError, UsageError
+from .inputs import LoadOptions, Media, PdfInput, data_uri, load_image_source, load_video, read_bytes
+from .outputs import atomic_write, render, write_stdout
+from .prompts import (
+    VIDEO_FRAME_MAX_PIXELS,
+    assistant_turn,
+    build_messages,
+    image_item,
+    resolve_prompt,
+    user_turn,
+    video_item,
+)
+
+
+class Log:
+    """Progress and warnings: stderr only, silenced by --quiet."""
+
+    def __init__(self, quiet: bool, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            print(f"warning: {message}", file=self.stream, flush=True)
+
+
+def load_options(args) -> LoadOptions:
+    return LoadOptions(
+        url_timeout=args.url_timeout,
+        max_bytes=int(args.max_input_mb * 2**20),
+        dpi=args.dpi,
+        pages=args.page_list,
+    )
+
+
+def settings_from(args):
+    from .session import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        loop_guard=args.loop_guard,
+    )
+
+
+def open_session(args, log: Log):
+    from .session import ModelSession
+
+    log(f"loading model {args.model} (device {args.device}, dtype {args.dtype})")
+    session = ModelSession(args.model, device=args.device, dtype=args.dtype, log=log)
+    log(f"model loaded in {session.load_s:.1f} s on {session.device} ({session.dtype})")
+    return session
+
+
+def base_record(args, session, prompt: str) -> dict:
+    return {
+        "text": "",
+        "task": args.task,
+        "prompt": prompt,
+        "model": args.model,
+        "inputs": [],
+        "device": session.device,
+        "dtype": session.dtype,
+        "generation": settings_from(args).describe(),
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+        "finish_reason": None,
+        "timings": {"load_s": round(session.load_s, 3), "preprocess_s": 0.0, "generate_s": 0.0, "total_s": 0.0},
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
+def media_items(args, media: list[Media], video: Media | None) -> tuple[list, dict | None]:
+    images = [m.image for m in media]
+    vid = None
+    if video is not None:
+        vid = video_item(video.frames, video.sample_fps, args.min_pixels // 4,
+                         min(args.max_pixels, VIDEO_FRAME_MAX_PIXELS))
+    return images, vid
+
+
+# --- history ---------------------------------------------------------------
+
+
+def load_history(path: str, opts: LoadOptions) -> tuple[list[dict], list[dict]]:
+    """(turns as stored, turns with their images loaded for the model)."""
+    import os
+
+    if not os.path.exists(path):
+        return [], []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            turns = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the history ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(turns, list):
+        raise InputError(path, "a history file holds a JSON list of chat messages")
+    loaded = []
+    for i, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
+            raise InputError(path, f"message {i} needs a role of system, user or assistant")
+        content = turn.get("content")
+        if isinstance(content, str):
+            loaded.append({"role": turn["role"], "content": [{"type": "text", "text": content}]})
+            continue
+        if not isinstance(content, list):
+            raise InputError(path, f"message {i}: content must be a string or a list of items")
+        items = []
+        for item in content:
+            if not isinstance(item, dict):
+                raise InputError(path, f"message {i}: each content item must be an object")
+            if item.get("type") == "image" or "image" in item:
+                src = item.get("image")
+                if not isinstance(src, str):
+                    raise InputError(path, f"message {i}: an image item needs an \"image\" source")
+                loaded_image = load_image_source(src, opts)
+                if isinstance(loaded_image, PdfInput):
+                    raise InputError(path, f"message {i}: PDFs are not supported in a history")
+                items.append({"type": "image", "image": loaded_image.image})
+            elif item.get("type") == "video" or "video" in item:
+                raise InputError(path, f"message {i}: video turns cannot be replayed from a history")
+            elif "text" in item:
+                items.append({"type": "text", "text": str(item["text"])})
+            else:
+                raise InputError(path, f"message {i}: unknown content item {json.dumps(item)[:60]}")
+        loaded.append({"role": turn["role"], "content": items})
+    return turns, loaded
+
+
+def _with_pixels(history: list[dict], args) -> list[dict]:
+    out = []
+    for turn in history:
+        items = [
+            image_item(c["image"], args.min_pixels, args.max_pixels) if c.get("type") == "image" else c
+            for c in turn["content"]
+        ]
+        out.append({"role": turn["role"], "content": items})
+    return out
+
+
+# --- single run ------------------------------------------------------------
+
+
+def run(args) -> int:
+    t_start = time.perf_counter()
+    log = Log(args.quiet)
+    opts = load_options(args)
+    prompt = resolve_prompt(args.task, args.prompt)
+
+    # 1. Every input is read and checked before the model loads.
+    stdin_bytes = None
+    media: list[Media] = []
+    pdfs: list[PdfInput] = []
+    stored_sources: list[str] = []
+    for src in args.sources:
+        if src == "-":
+            stdin_bytes = read_bytes("-", opts)
+        loaded = load_image_source(src, opts, stdin=_BytesStdin(stdin_bytes) if src == "-" else None)
+        if isinstance(loaded, PdfInput):
+            pdfs.append(loaded)
+        else:
+            media.append(loaded)
+            stored_sources.append(data_uri(stdin_bytes) if src == "-" else src)
+            for note in loaded.notes:
+                log.warn(f"{loaded.source}: {note}")
+    if pdfs and media:
+        raise UsageError("a PDF cannot share one prompt with other images: give them in separate runs")
+    if pdfs and args.history:
+        raise UsageError("--history cannot be combined with a PDF (each page is its own answer)")
+    if args.page_list and not pdfs:
+        raise UsageError("--pages applies to PDFs, but no input is a PDF")
+    video = None
+    if args.video:
+        if pdfs:
+            raise UsageError("--video cannot be combined with a PDF")
+        video = load_video(args.video, opts, args.fps, args.max_frames)
+        log(f"video {video.source}: {len(video.frames)} frames at {video.sample_fps:g} fps")
+    stored_history, history = ([], [])
+    if args.history:
+        stored_history, history = load_history(args.history, opts)
+
+    # 2. The model loads once.
+    session = open_session(args, log)
+    record = base_record(args, session, prompt)
+    settings = settings_from(args)
+    exit_code = EXIT_OK
+
+    if pdfs:
+        record["pages"] = []
+        total_pages = sum(len(p.page_numbers) for p in pdfs)
+        done = 0
+        for pdf in pdfs:
+            for number in pdf.page_numbers:
+                done += 1
+                log(f"page {number} of {pdf.source} ({done}/{total_pages})")
+                entry = {"source": pdf.source, "page": number, "text": "", "finish_reason": None,
+                         "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "error": None}
+                try:
+                    page = pdf.render(number)
+                    record["inputs"].append(page.describe())
+                    images, _ = media_items(args, [page], None)
+                    messages = build_messages(prompt, images=images, system=args.system,
+                                              min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+                    t0 = time.perf_counter()
+                    gen = session.generate([messages], settings)[0]
+                    _add_timing(record, gen)
+                    entry.update(text=gen.text, finish_reason=gen.finish_reason, usage=gen.usage)
+                    _add_usage(record, gen.usage)
+                    del t0
+                except QwenVLError as exc:
+                    entry["error"] = {"type": exc.kind, "message": str(exc)}
+                    print(f"error: {exc}", file=sys.stderr)
+                    exit_code = EXIT_FAILURE
+                record["pages"].append(entry)
+            pdf.close()
+        record["text"] = "\n\n".join(p["text"] for p in record["pages"] if p["error"] is None)
+        reasons = [p["finish_reason"] for p in record["pages"] if p["finish_reason"]]
+        record["finish_reason"] = (
+            "length" if "length" in reasons else "repetition" if "repetition" in reasons else "stop" if reasons else None
+        )
+    else:
+        images, vid = media_items(args, media, video)
+        messages = build_messages(prompt, images=images, video=vid, history=_with_pixels(history, args),
+                                  system=args.system, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        record["inputs"] = [m.describe() for m in media] + ([video.describe()] if video else [])
+        gen = session.generate([messages], settings)[0]
+        _add_timing(record, gen)
+        record["text"] = gen.text
+        record["finish_reason"] = gen.finish_reason
+        _add_usage(record, gen.usage)
+        if gen.finish_reason == "length":
+            log.warn(f"the answer stopped at the token limit ({args.max_new_tokens}); raise --max-new-tokens")
+        elif gen.finish_reason == "repetition":
+            log.warn("the answer repeated itself and was stopped (loop guard); see --no-loop-guard")
+
+    record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+    _emit(record, args)
+    if args.history and record.get("finish_reason"):
+        new_turns = stored_history + [
+            user_turn(stored_sources, prompt, video=args.video if args.video else None),
+            assistant_turn(record["text"]),
+        ]
+        atomic_write(args.history, json.dumps(new_turns, indent=2, ensure_ascii=False) + "\n")
+    log(f"done in {record['timings']['total_s']:.1f} s")
+    return exit_code
+
+
+def _add_timing(record: dict, gen) -> None:
+    t = record["timings"]
+    t["preprocess_s"] = round(t["preprocess_s"] + gen.preprocess_s, 3)
+    t["generate_s"] = round(t["generate_s"] + gen.generate_s, 3)
+
+
+def _add_usage(record: dict, usage: dict) -> None:
+    for key in ("prompt_tokens", "completion_tokens"):
+        record["usage"][key] += usage[key]
+
+
+def _emit(record: dict, args) -> None:
+    text = render(record, args.format)
+    if args.output:
+        atomic_write(args.output, text)
+    else:
+        write_stdout(text, sys.stdout)
+
+
+class _BytesStdin:
+    """Stands in for stdin once its bytes were read."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self, n: int = -1) -> bytes:
+        return self._data
