@@ -87,9 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", metavar="PATH", help="write the result here (default: stdout); "
                      "folders are created, the file is written atomically")
-    out.add_argument("--format", choices=FORMATS[:2], default=None,
-                     help="txt or json (default: from the --output extension, else txt)")
+    out.add_argument("--format", choices=FORMATS, default=None,
+                     help="txt, json or jsonl (default: from the --output extension, else txt; "
+                          "batch: jsonl, or json with --output-dir)")
     out.add_argument("--quiet", "-q", action="store_true", help="print nothing but results and errors")
+
+    batch = p.add_argument_group("batch")
+    batch.add_argument("--batch", nargs="+", default=None, metavar="SRC",
+                       help="many inputs, one result each: files, folders (recursive), globs, URLs, "
+                            "@list.txt (one source per line; @- reads the list from stdin)")
+    batch.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+                       help="requests generated together (default: %(default)s)")
+    batch.add_argument("--output-dir", metavar="DIR",
+                       help="one result file per input, in --format, named after the input")
+    batch.add_argument("--resume", action="store_true",
+                       help="skip inputs that already have a successful result in --output / --output-dir")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default=os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL,
@@ -113,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=_positive_float, default=None,
                      help="above 1 discourages repeats (default: the model's, 1.0)")
     gen.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    gen.add_argument("--ignore-eos", action="store_true",
+                     help="always generate --max-new-tokens tokens (for benchmarks)")
     gen.add_argument("--loop-guard", action=argparse.BooleanOptionalAction, default=True,
                      help="stop an answer that repeats one cycle of tokens, finish_reason "
                           "'repetition' (default: on)")
@@ -144,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Cross-argument checks; fills in derived values. Raises UsageError."""
     args.sources = list(args.image) + list(args.images)
-    if not args.sources and not args.video and not args.history:
+    _validate_batch(args)
+    if not args.sources and not args.video and not args.history and not args.batch:
         raise UsageError("no input: give --image SRC, --images SRC..., --video SRC or --history FILE")
     stdin_uses = args.sources.count("-") + (args.video == "-")
     if stdin_uses > 1:
@@ -172,10 +187,40 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--fps {args.fps} is above 60")
     if args.history and len(args.sources) and any(s.lower().endswith(".pdf") for s in args.sources):
         raise UsageError("--history cannot be combined with a PDF (each page is its own answer)")
-    fmt_from_path = format_for_path(args.output)
-    if args.format is None:
-        args.format = fmt_from_path if fmt_from_path in ("txt", "json") else "txt"
+    if args.batch is None:
+        fmt_from_path = format_for_path(args.output)
+        if args.format is None:
+            args.format = fmt_from_path if fmt_from_path in ("txt", "json") else "txt"
+        if args.format == "jsonl":
+            raise UsageError("--format jsonl is for --batch; use --format json")
     return args
+
+
+def _validate_batch(args: argparse.Namespace) -> None:
+    if args.batch is None:
+        for flag, value in (("--batch-size", args.batch_size != 1), ("--output-dir", args.output_dir),
+                            ("--resume", args.resume)):
+            if value:
+                raise UsageError(f"{flag} needs --batch")
+        return
+    for flag, value in (("--image", args.image), ("--images", args.images), ("--video", args.video),
+                        ("--history", args.history)):
+        if value:
+            raise UsageError(f"--batch cannot be combined with {flag}: every batch input is its own request")
+    if args.output and args.output_dir:
+        raise UsageError("give --output FILE.jsonl or --output-dir DIR, not both")
+    if args.output_dir:
+        args.format = args.format or "json"
+        if args.format == "jsonl":
+            raise UsageError("--output-dir writes one file per input: use --format txt or json")
+    else:
+        args.format = args.format or "jsonl"
+        if args.format != "jsonl":
+            raise UsageError("batch results are JSON Lines; for txt or json files use --output-dir DIR")
+    if args.resume and not (args.output or args.output_dir):
+        raise UsageError("--resume needs --output FILE.jsonl or --output-dir DIR to resume from")
+    if args.batch.count("@-") > 1:
+        raise UsageError("standard input (@-) can be read only once")
 
 
 def main(argv: list[str] | None = None) -> int:

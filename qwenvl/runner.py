@@ -61,6 +61,7 @@ def settings_from(args):
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         loop_guard=args.loop_guard,
+        ignore_eos=args.ignore_eos,
     )
 
 
@@ -165,6 +166,10 @@ def _with_pixels(history: list[dict], args) -> list[dict]:
 
 
 def run(args) -> int:
+    if args.batch is not None:
+        from .batch import run_batch
+
+        return run_batch(args, Log(args.quiet))
     t_start = time.perf_counter()
     log = Log(args.quiet)
     opts = load_options(args)
