@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weights dtype; auto: bfloat16 on cuda (float16 if unsupported), float16 on mps, "
                             "bfloat16 on cpu (default: auto)")
 
+    model.add_argument("--quantize", choices=["none", "int8"], default="none",
+                       help="int8: weight-only int8 language model on the CPU, smaller and faster "
+                            "(see README, Performance) (default: none)")
+
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
                      help="token limit per answer (default: " +

@@ -69,7 +69,7 @@ def open_session(args, log: Log):
     from .session import ModelSession
 
     log(f"loading model {args.model} (device {args.device}, dtype {args.dtype})")
-    session = ModelSession(args.model, device=args.device, dtype=args.dtype, log=log)
+    session = ModelSession(args.model, device=args.device, dtype=args.dtype, log=log, quantize=args.quantize)
     log(f"model loaded in {session.load_s:.1f} s on {session.device} ({session.dtype})")
     return session
 

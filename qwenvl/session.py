@@ -159,7 +159,8 @@ CPU_DEFAULT_DTYPE = "bfloat16"
 class ModelSession:
     """Holds the processor and model; `generate` runs any number of requests."""
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", log: Callable[[str], None] = lambda s: None):
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
+                 log: Callable[[str], None] = lambda s: None, quantize: str = "none"):
         t0 = time.perf_counter()
         self.log = log
         self.model_name = model
@@ -167,18 +168,14 @@ class ModelSession:
         self.dtype = resolve_dtype(dtype, self.device)
         self.path = resolve_model_path(model, log)
         _quiet_libraries()
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
 
+        from .accel import load_model
+
+        self.quantize = quantize
         try:
             self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=False)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                self.path,
-                dtype=getattr(torch, self.dtype),
-                device_map=self.device if self.device != "cpu" else None,
-                use_safetensors=True,
-                trust_remote_code=False,
-            ).eval()
+            self.model = load_model(self.path, self.dtype, self.device, quantize)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"cannot load model {model!r} from {self.path}: {first}") from None
