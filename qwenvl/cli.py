@@ -43,6 +43,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -79,10 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSON file of earlier chat turns; the new turn and its answer are appended to it")
 
     task = p.add_argument_group("task")
-    task.add_argument("--task", choices=sorted(TASKS), default="caption",
-                      help="caption, ocr, or vqa (vqa needs --prompt) (default: caption)")
+    task.add_argument("--task", choices=list(TASKS), default="caption",
+                      help="; ".join(f"{t.name}: {t.help}" for t in TASKS.values()) + " (default: caption)")
     task.add_argument("--prompt", help="the instruction or question; overrides the task's default prompt")
     task.add_argument("--system", help="a system prompt (none by default, like the model's template)")
+    task.add_argument("--schema", metavar="FILE", help="JSON Schema for --task extract")
+    task.add_argument("--retries", type=_non_negative_int, default=2, metavar="N",
+                      help="extract: ask again with the validation error up to N times (default: %(default)s)")
+    task.add_argument("--annotate", metavar="OUT.png", help="ground: write the image with the boxes drawn")
+    task.add_argument("--stream", action="store_true",
+                      help="print the answer as it is generated (one request, txt output to stdout)")
+    task.add_argument("--chat", action="store_true",
+                      help="interactive conversation over the given images (/image PATH, /save FILE, "
+                           "/reset; Ctrl-D ends)")
 
     out = p.add_argument_group("output")
     out.add_argument("--output", "-o", metavar="PATH", help="write the result here (default: stdout); "
@@ -163,13 +182,24 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Cross-argument checks; fills in derived values. Raises UsageError."""
     args.sources = list(args.image) + list(args.images)
     _validate_batch(args)
-    if not args.sources and not args.video and not args.history and not args.batch:
+    if not args.sources and not args.video and not args.history and not args.batch and not args.chat:
         raise UsageError("no input: give --image SRC, --images SRC..., --video SRC or --history FILE")
     stdin_uses = args.sources.count("-") + (args.video == "-")
     if stdin_uses > 1:
         raise UsageError("standard input (-) can be read only once")
     if args.task == "vqa" and not (args.prompt and args.prompt.strip()):
         raise UsageError("--task vqa needs a question: add --prompt \"...\"")
+    if args.task == "ground" and not (args.prompt and args.prompt.strip()):
+        raise UsageError("--task ground needs what to find: add --prompt \"the total amount\" (or object names)")
+    if args.task == "extract" and not args.schema:
+        raise UsageError("--task extract needs --schema FILE (a JSON Schema)")
+    if args.schema and args.task != "extract":
+        raise UsageError("--schema is for --task extract")
+    if args.annotate and args.task != "ground":
+        raise UsageError("--annotate is for --task ground")
+    if args.annotate and args.batch is not None:
+        raise UsageError("--annotate works on one image, not --batch")
+    _validate_stream_and_chat(args)
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt is empty")
     if args.max_pixels is None:
@@ -198,6 +228,24 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         if args.format == "jsonl":
             raise UsageError("--format jsonl is for --batch; use --format json")
     return args
+
+
+def _validate_stream_and_chat(args: argparse.Namespace) -> None:
+    if args.stream:
+        for flag, bad, why in (
+            ("--batch", args.batch is not None, "batch results are records, one per input"),
+            ("--format json", args.format in ("json", "jsonl"), "a JSON record is written whole, at the end"),
+            ("--output", args.output, "streaming writes to stdout"),
+            ("--task " + args.task, args.task in ("ground", "extract"), "its answer is parsed before it is shown"),
+        ):
+            if bad:
+                raise UsageError(f"--stream cannot be combined with {flag}: {why}")
+    if args.chat:
+        for flag, bad in (("--batch", args.batch is not None), ("--output", args.output),
+                          ("--format", args.format), ("--video", args.video), ("--stream", args.stream),
+                          ("--task " + args.task, args.task in ("ground", "extract"))):
+            if bad:
+                raise UsageError(f"--chat cannot be combined with {flag}")
 
 
 def _validate_batch(args: argparse.Namespace) -> None:
@@ -250,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         _silence_stdout()
+        return 1
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("QWENVL_DEBUG"):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        print(f"error: internal error ({type(exc).__name__}: {detail}); rerun with QWENVL_DEBUG=1 "
+              "for the traceback and please report it", file=stderr)
         return 1
     finally:
         _restore_signal_handlers(previous)

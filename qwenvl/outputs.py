@@ -22,14 +22,25 @@ def page_marker(source: str, page: int) -> str:
     return f"--- page {page} of {source} ---"
 
 
+def display_text(result: dict) -> str:
+    """What a txt output shows: parsed objects or data as JSON, else the answer."""
+    if result.get("error") is not None:
+        return f"[error: {result['error']['message']}]"
+    if result.get("data") is not None:
+        return json.dumps(result["data"], indent=2, ensure_ascii=False)
+    if result.get("objects") is not None:
+        return json.dumps(result["objects"], ensure_ascii=False)
+    return result.get("text") or ""
+
+
 def render_txt(record: dict) -> str:
     if record.get("pages"):
         parts = []
         for page in record["pages"]:
             parts.append(page_marker(page["source"], page["page"]))
-            parts.append(page["text"] if page.get("error") is None else f"[error: {page['error']['message']}]")
+            parts.append(display_text(page))
         return "\n".join(parts) + "\n"
-    return (record.get("text") or "") + "\n"
+    return display_text(record) + "\n"
 
 
 def render_json(record: dict) -> str:
@@ -61,6 +72,11 @@ def _describe_os_error(exc: OSError) -> str:
 
 def atomic_write(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` whole, or leave `path` as it was."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` whole (temporary file, fsync, rename), or leave `path` as it was."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +87,8 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())

@@ -37,6 +37,11 @@ TASKS: dict[str, Task] = {
         "all the text in the image, in reading order",
     ),
     "vqa": Task("vqa", None, 512, 1280 * TOKEN_PIXELS, "answer the question given with --prompt"),
+    # ground and extract build their prompts from --prompt / --schema (see structured.py)
+    "ground": Task("ground", None, 1024, 2048 * TOKEN_PIXELS,
+                   "boxes, in pixels, of what --prompt names (objects, or a phrase)"),
+    "extract": Task("extract", None, 2048, 2048 * TOKEN_PIXELS,
+                    "JSON valid against --schema, retried with the validation error"),
 }
 
 DEFAULT_MIN_PIXELS = 64 * TOKEN_PIXELS  # 65,536: small images are upscaled to at least 64 tokens

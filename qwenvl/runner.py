@@ -10,10 +10,12 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from pathlib import Path
+
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_OK, InputError, QwenVLError, UsageError
+from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, QwenVLError, UsageError
 from .inputs import LoadOptions, Media, PdfInput, data_uri, load_image_source, load_video, read_bytes
-from .outputs import atomic_write, render, write_stdout
+from .outputs import atomic_write, atomic_write_bytes, page_marker, render, write_stdout
 from .prompts import (
     VIDEO_FRAME_MAX_PIXELS,
     assistant_turn,
@@ -162,6 +164,78 @@ def _with_pixels(history: list[dict], args) -> list[dict]:
     return out
 
 
+# --- one request: generate, then parse what the task needs ---------------------
+
+
+def task_prompt(args) -> str:
+    """The prompt for the task: its default, --prompt, or built from --schema."""
+    from .structured import extract_prompt, ground_prompt
+
+    if args.task == "ground":
+        return ground_prompt(args.prompt)
+    if args.task == "extract":
+        return extract_prompt(args.schema_data, args.prompt)
+    return resolve_prompt(args.task, args.prompt)
+
+
+def complete(session, settings, args, messages: list[dict], gen, image=None) -> dict:
+    """Fields of a result from its first generation: retries and parsing per task."""
+    from .structured import RETRY_PROMPT, ParseError, to_pixels, validate
+
+    fields = {"text": gen.text, "finish_reason": gen.finish_reason, "usage": dict(gen.usage), "error": None}
+    timings = {"preprocess_s": gen.preprocess_s, "generate_s": gen.generate_s}
+    try:
+        if args.task == "ground":
+            fields["objects"] = to_pixels(gen.text, image.width, image.height)
+        elif args.task == "extract":
+            attempts = 1
+            while True:
+                try:
+                    fields["data"] = validate(gen.text, args.schema_data)
+                    break
+                except ParseError as exc:
+                    if attempts > args.retries:
+                        raise ParseError(f"no answer valid against the schema after {attempts} "
+                                         f"attempt{'s' if attempts > 1 else ''} (last: {exc})") from None
+                    messages = messages + [
+                        assistant_turn(gen.text),
+                        {"role": "user", "content": [{"type": "text", "text": RETRY_PROMPT.format(problem=exc)}]},
+                    ]
+                    gen = session.generate([messages], settings)[0]
+                    attempts += 1
+                    fields.update(text=gen.text, finish_reason=gen.finish_reason)
+                    for key in ("prompt_tokens", "completion_tokens"):
+                        fields["usage"][key] += gen.usage[key]
+                    timings["preprocess_s"] += gen.preprocess_s
+                    timings["generate_s"] += gen.generate_s
+                finally:
+                    fields["attempts"] = attempts
+    except ParseError as exc:
+        fields["error"] = {"type": exc.kind, "message": str(exc)}
+    fields["_timings"] = timings
+    return fields
+
+
+def answer(session, settings, args, messages: list[dict], image=None, on_text=None) -> dict:
+    gen = session.generate([messages], settings, on_text=on_text)[0]
+    return complete(session, settings, args, messages, gen, image)
+
+
+def apply(record: dict, fields: dict) -> None:
+    """Merge a request's fields into a record (or a PDF page entry), adding usage and time."""
+    timings = fields.pop("_timings")
+    usage = fields.pop("usage")
+    record.update(fields)
+    if "usage" in record:
+        for key in ("prompt_tokens", "completion_tokens"):
+            record["usage"][key] += usage[key]
+    else:
+        record["usage"] = usage
+    if "timings" in record:
+        for key in ("preprocess_s", "generate_s"):
+            record["timings"][key] = round(record["timings"][key] + timings[key], 3)
+
+
 # --- single run ------------------------------------------------------------
 
 
@@ -173,7 +247,11 @@ def run(args) -> int:
     t_start = time.perf_counter()
     log = Log(args.quiet)
     opts = load_options(args)
-    prompt = resolve_prompt(args.task, args.prompt)
+    if args.task == "extract":
+        from .structured import load_schema
+
+        args.schema_data = load_schema(args.schema)
+    prompt = task_prompt(args)
 
     # 1. Every input is read and checked before the model loads.
     stdin_bytes = None
@@ -197,6 +275,10 @@ def run(args) -> int:
         raise UsageError("--history cannot be combined with a PDF (each page is its own answer)")
     if args.page_list and not pdfs:
         raise UsageError("--pages applies to PDFs, but no input is a PDF")
+    if args.task == "ground" and not pdfs and len(media) != 1:
+        raise UsageError("--task ground takes exactly one image (or a PDF, page by page)")
+    if args.annotate and (pdfs or len(media) != 1):
+        raise UsageError("--annotate takes exactly one image (not a PDF)")
     video = None
     if args.video:
         if pdfs:
@@ -207,10 +289,16 @@ def run(args) -> int:
     if args.history:
         stored_history, history = load_history(args.history, opts)
 
+    if args.chat:
+        from .chat import run_chat
+
+        return run_chat(args, log, open_session(args, log), media, stored_sources, stored_history, history)
+
     # 2. The model loads once.
     session = open_session(args, log)
     record = base_record(args, session, prompt)
     settings = settings_from(args)
+    stream = _stdout_streamer() if args.stream else None
     exit_code = EXIT_OK
 
     if pdfs:
@@ -226,18 +314,20 @@ def run(args) -> int:
                 try:
                     page = pdf.render(number)
                     record["inputs"].append(page.describe())
-                    images, _ = media_items(args, [page], None)
-                    messages = build_messages(prompt, images=images, system=args.system,
+                    messages = build_messages(prompt, images=[page.image], system=args.system,
                                               min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-                    t0 = time.perf_counter()
-                    gen = session.generate([messages], settings)[0]
-                    _add_timing(record, gen)
-                    entry.update(text=gen.text, finish_reason=gen.finish_reason, usage=gen.usage)
-                    _add_usage(record, gen.usage)
-                    del t0
+                    if stream:
+                        write_stdout(page_marker(pdf.source, number) + "\n", sys.stdout)
+                    fields = answer(session, settings, args, messages, image=page, on_text=stream)
+                    if stream:
+                        write_stdout("\n", sys.stdout)
+                    _add_usage(record, fields["usage"])
+                    _add_timing(record, fields["_timings"])
+                    apply(entry, fields)
                 except QwenVLError as exc:
                     entry["error"] = {"type": exc.kind, "message": str(exc)}
-                    print(f"error: {exc}", file=sys.stderr)
+                if entry["error"] is not None:
+                    print(f"error: {pdf.source} page {number}: {entry['error']['message']}", file=sys.stderr)
                     exit_code = EXIT_FAILURE
                 record["pages"].append(entry)
             pdf.close()
@@ -251,18 +341,27 @@ def run(args) -> int:
         messages = build_messages(prompt, images=images, video=vid, history=_with_pixels(history, args),
                                   system=args.system, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         record["inputs"] = [m.describe() for m in media] + ([video.describe()] if video else [])
-        gen = session.generate([messages], settings)[0]
-        _add_timing(record, gen)
-        record["text"] = gen.text
-        record["finish_reason"] = gen.finish_reason
-        _add_usage(record, gen.usage)
-        if gen.finish_reason == "length":
+        fields = answer(session, settings, args, messages, image=media[0] if media else None, on_text=stream)
+        if stream:
+            write_stdout("\n", sys.stdout)
+        apply(record, fields)
+        if record["error"] is not None:
+            source = media[0].source if media else "answer"
+            print(f"error: {source}: {record['error']['message']}", file=sys.stderr)
+            exit_code = EXIT_FAILURE
+        if record["finish_reason"] == "length":
             log.warn(f"the answer stopped at the token limit ({args.max_new_tokens}); raise --max-new-tokens")
-        elif gen.finish_reason == "repetition":
+        elif record["finish_reason"] == "repetition":
             log.warn("the answer repeated itself and was stopped (loop guard); see --no-loop-guard")
 
     record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
-    _emit(record, args)
+    if args.annotate and record.get("objects") is not None:
+        from .structured import annotate
+
+        save_image(annotate(media[0].image, record["objects"]), args.annotate)
+        record["annotated"] = args.annotate
+    if not stream and (args.format == "json" or exit_code == EXIT_OK or record.get("pages")):
+        _emit(record, args)  # a failed parse prints no text result; its JSON record keeps the raw answer
     if args.history and record.get("finish_reason"):
         new_turns = stored_history + [
             user_turn(stored_sources, prompt, video=args.video if args.video else None),
@@ -273,10 +372,33 @@ def run(args) -> int:
     return exit_code
 
 
-def _add_timing(record: dict, gen) -> None:
+def _stdout_streamer():
+    def on_text(text: str) -> None:
+        write_stdout(text, sys.stdout)
+
+    return on_text
+
+
+def save_image(image, path: str) -> None:
+    """Write an image atomically, its format from the extension (PNG when unknown)."""
+    import io
+
+    from PIL import Image
+
+    ext = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(ext, "PNG")
+    buf = io.BytesIO()
+    try:
+        image.save(buf, fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise OutputError(f"{path}: cannot encode the image as {fmt} ({exc})") from None
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _add_timing(record: dict, timings: dict) -> None:
     t = record["timings"]
-    t["preprocess_s"] = round(t["preprocess_s"] + gen.preprocess_s, 3)
-    t["generate_s"] = round(t["generate_s"] + gen.generate_s, 3)
+    t["preprocess_s"] = round(t["preprocess_s"] + timings["preprocess_s"], 3)
+    t["generate_s"] = round(t["generate_s"] + timings["generate_s"], 3)
 
 
 def _add_usage(record: dict, usage: dict) -> None:

@@ -162,12 +162,12 @@ class ModelSession:
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
                  log: Callable[[str], None] = lambda s: None, quantize: str = "none"):
         t0 = time.perf_counter()
+        _quiet_libraries()
         self.log = log
         self.model_name = model
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.path = resolve_model_path(model, log)
-        _quiet_libraries()
         from transformers import AutoProcessor
 
         from .accel import load_model
@@ -339,15 +339,16 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    for name in ("torch.utils._pytree", "torchao", "qwen_vl_utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    import logging
-
-    logging.getLogger("qwen_vl_utils").setLevel(logging.ERROR)
 
 
 class _LoopGuard:

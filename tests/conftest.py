@@ -45,6 +45,22 @@ def loop_model(tmp_path_factory) -> str:
     return str(make_tiny_model.build(tmp_path_factory.mktemp("tiny-loop") / "model", loop=True))
 
 
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory):
+    """scripted_model(text) -> a checkpoint whose greedy answer is exactly `text` (cached per text)."""
+    import make_tiny_model
+
+    cache: dict[str, str] = {}
+
+    def make(text: str) -> str:
+        if text not in cache:
+            folder = tmp_path_factory.mktemp("tiny-script") / "model"
+            cache[text] = str(make_tiny_model.build(folder, script=text))
+        return cache[text]
+
+    return make
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

@@ -11,7 +11,9 @@ processor, vision tower, M-RoPE, generate) is the one the real model runs.
 
 --loop sets the weights so that greedy decoding repeats a short cycle of tokens
 forever (used to test the repetition-loop guard); --stop makes every answer end
-at once with <|im_end|> (used to test finish_reason "stop").
+at once with <|im_end|> (used to test finish_reason "stop"); --script TEXT
+makes greedy decoding answer exactly TEXT (used to test grounding and
+structured extraction on answers of a known shape).
 """
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ def build_tokenizer(vocab_size: int = 400):
     return fast
 
 
-def build(out_dir: str | Path, loop: bool = False, stop: bool = False, seed: int = 0) -> Path:
+def build(out_dir: str | Path, loop: bool = False, stop: bool = False, script: str | None = None,
+          seed: int = 0) -> Path:
     import torch
     from transformers import (
         GenerationConfig,
@@ -106,6 +109,8 @@ def build(out_dir: str | Path, loop: bool = False, stop: bool = False, seed: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
+    if script is not None:
+        tokenizer.add_tokens([script])  # the whole scripted answer is one token
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
     head_dim = 16
@@ -154,6 +159,8 @@ def build(out_dir: str | Path, loop: bool = False, stop: bool = False, seed: int
     model = Qwen3VLForConditionalGeneration(config).eval()
     if loop:
         _make_looping(model, tokenizer)
+    elif script is not None:
+        _make_scripted(model, tokenizer, script)
     else:
         _prefer_words(model, tokenizer, stop=stop)
     # Like the real checkpoint, sampling is the default generation config.
@@ -222,6 +229,32 @@ def _prefer_words(model, tokenizer, stop: bool = False) -> None:
             head[tokenizer.convert_tokens_to_ids("<|im_end|>"), 0] = 3.0
 
 
+def _make_scripted(model, tokenizer, script: str) -> None:
+    """Greedy decoding answers exactly `script`, then <|im_end|>, whatever the input.
+
+    The layers become the identity, so the logits depend on the last token
+    alone: after the prompt's final newline comes the script's token, after
+    that <|im_end|>.
+    """
+    import torch
+
+    lm = model.model.language_model
+    newline = tokenizer.convert_tokens_to_ids("\u010a")  # byte-level BPE's "\n"
+    answer = tokenizer.convert_tokens_to_ids(script)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        for layer in lm.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        lm.embed_tokens.weight.zero_()
+        lm.embed_tokens.weight[newline, 0] = 1.0
+        lm.embed_tokens.weight[answer, 1] = 1.0
+        lm.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[answer, 0] = 10.0
+        model.lm_head.weight[im_end, 1] = 10.0
+
+
 def _make_looping(model, tokenizer) -> None:
     """Set the LM head so greedy decoding cycles through a few plain tokens.
 
@@ -263,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="folder to write the checkpoint to")
     parser.add_argument("--loop", action="store_true", help="weights that make greedy decoding loop")
     parser.add_argument("--stop", action="store_true", help="weights that end every answer at once")
+    parser.add_argument("--script", metavar="TEXT", help="weights that answer exactly TEXT to anything")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = build(args.out_dir, loop=args.loop, stop=args.stop, seed=args.seed)
+    path = build(args.out_dir, loop=args.loop, stop=args.stop, script=args.script, seed=args.seed)
     print(path)
     return 0
 

@@ -1,0 +1,98 @@
+"""Interactive chat: each line typed is a user turn; the model loads once.
+
+Answers stream to stdout; the prompt, notices and errors go to stderr.
+Commands: /image PATH attaches an image to the next turn, /save FILE writes the
+conversation in the --history format, /reset starts over, /help, Ctrl-D ends.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .errors import EXIT_OK, QwenVLError
+from .inputs import PdfInput, load_image_source
+from .outputs import atomic_write, write_stdout
+from .prompts import assistant_turn, build_messages, user_turn
+
+HELP = "commands: /image PATH (attach to your next message), /save FILE, /reset, /help; Ctrl-D ends"
+
+
+def run_chat(args, log, session, media, sources, stored_history, history) -> int:
+    from .runner import _with_pixels, load_options, settings_from
+
+    settings = settings_from(args)
+    opts = load_options(args)
+    stored = list(stored_history)  # as written by /save (sources, not pixels)
+    turns = list(history)  # what the model sees (PIL images)
+    pending = [(m, s) for m, s in zip(media, sources)]
+    err = sys.stderr
+
+    def say(message: str) -> None:
+        print(message, file=err, flush=True)
+
+    say(f"chatting with {args.model}. {HELP}")
+    for m, _ in pending:
+        say(f"attached {m.source} ({m.width}x{m.height})")
+    queued = [args.prompt] if args.prompt else []
+    while True:
+        if queued:
+            line = queued.pop(0)
+        else:
+            err.write("> ")
+            err.flush()
+            raw = sys.stdin.readline()
+            if not raw:  # Ctrl-D
+                err.write("\n")
+                return EXIT_OK
+            line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, arg = line.partition(" ")
+            arg = arg.strip()
+            if command == "/image" and arg:
+                try:
+                    loaded = load_image_source(arg, opts)
+                    if isinstance(loaded, PdfInput):
+                        loaded.close()
+                        raise QwenVLError(f"{arg}: PDFs cannot be attached in a chat; use --image FILE.pdf")
+                    pending.append((loaded, arg))
+                    say(f"attached {loaded.source} ({loaded.width}x{loaded.height})")
+                except QwenVLError as exc:
+                    say(f"error: {exc}")
+            elif command == "/save" and arg:
+                try:
+                    atomic_write(arg, json.dumps(stored, indent=2, ensure_ascii=False) + "\n")
+                    say(f"saved {len(stored)} messages to {arg}")
+                except QwenVLError as exc:
+                    say(f"error: {exc}")
+            elif command == "/reset":
+                stored, turns, pending = [], [], []
+                say("conversation cleared")
+            elif command in ("/help", "/?"):
+                say(HELP)
+            elif command in ("/quit", "/exit"):
+                return EXIT_OK
+            else:
+                say(f"error: unknown or incomplete command {line!r}; {HELP}")
+            continue
+        images = [m.image for m, _ in pending]
+        messages = build_messages(line, images=images, history=_with_pixels(turns, args), system=args.system,
+                                  min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        try:
+            gen = session.generate([messages], settings, on_text=lambda text: write_stdout(text, sys.stdout))[0]
+        except QwenVLError as exc:
+            say(f"error: {exc}")
+            continue
+        write_stdout("\n", sys.stdout)
+        if gen.finish_reason == "length":
+            say(f"(stopped at the token limit, {args.max_new_tokens} tokens)")
+        elif gen.finish_reason == "repetition":
+            say("(stopped: the answer was repeating itself)")
+        turns += [
+            {"role": "user", "content": [{"type": "image", "image": im} for im in images]
+             + [{"type": "text", "text": line}]},
+            assistant_turn(gen.text),
+        ]
+        stored += [user_turn([s for _, s in pending], line), assistant_turn(gen.text)]
+        pending = []
