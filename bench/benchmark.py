@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -256,7 +257,12 @@ def run_child(cmd: list[str], timeout: float, watch_file: Path | None = None, gp
     first_line_s = None
     polling = watch_file is not None or gpu_watch.enabled
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if polling else 0)
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if polling else 0)
+        except BaseException:  # interrupted: never leave a model-sized child behind
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            raise
         if pid == proc.pid:
             wall = time.perf_counter() - t0
             break
@@ -574,14 +580,19 @@ def machine_info(device: str) -> dict:
             info["mem_total_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
-    probe = ("import json, torch, transformers; print(json.dumps({'torch': torch.__version__, "
-             "'transformers': transformers.__version__, 'torch_threads': torch.get_num_threads(), "
-             "'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))")
-    try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
-        info.update(json.loads(out.strip().splitlines()[-1]))
-    except (subprocess.SubprocessError, ValueError, IndexError):
-        pass
+    from importlib import metadata
+
+    for name in ("torch", "transformers"):
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = None
+    if device == "cuda" and shutil.which("nvidia-smi"):
+        try:
+            info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                         capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+        except (subprocess.SubprocessError, OSError, IndexError):
+            pass
     return info
 
 
@@ -606,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated parts to leave out: invocations, batch, api (rows become null)")
     p.add_argument("--profile", action="store_true",
                    help="also write a torch.profiler operator table of one generate per batch size")
+    p.add_argument("--compare-bs4", action="store_true",
+                   help="also measure batch size 4 for the --compare-dtypes (default: batch size 1 only)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the API runs (default: torch's)")
     p.add_argument("--timeout", type=float, default=3600, help="per-process limit in seconds (default: %(default)s)")
     p.add_argument("--_build", type=Path, help=argparse.SUPPRESS)
@@ -622,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     t_start = time.perf_counter()
     n = args.n or (2 if args.quick else 8)
     tokens = args.max_new_tokens
@@ -655,6 +672,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"checkpoint {checkpoint} ({weights / 2**30:.2f} GiB of weights); machine: {machine.get('cpus')} CPUs, "
         f"torch {machine.get('torch')}, {machine.get('gpu') or 'no GPU'}")
 
+    state = {"help_t": None, "inv": None, "batches": {}, "dtypes": {}}
+
+    def save(**parts) -> dict:
+        state.update(parts)
+        report = build_report(args, argv, state, machine, checkpoint, weights, info, build_s, features, compare,
+                              image_size, n, notes, t_start)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, output)
+        return report
+
     work = Path(tempfile.mkdtemp(prefix="qwenvl-bench-"))
     try:
         images = []
@@ -664,33 +693,48 @@ def main(argv: list[str] | None = None) -> int:
             images.append(dst)
 
         log("--help ...")
-        help_t = time_help()
-        inv = None
-        if "invocations" not in skip:
-            log(f"{n} separate CLI invocations ...")
-            inv = run_invocations(args, features, images, log)
-        batches = {}
-        if batch_ok:
-            for bs in (1, 4):
-                log(f"one --batch run of {n} images at batch size {bs} ...")
-                batches[bs] = run_batch(args, features, images, bs, work, log)
+        help_t = time_help(3 if args.quick else 5)
+        save(help_t=help_t)
         dtypes = {}
         if "api" not in skip:
             for i, dt in enumerate([args.dtype] + compare):
                 log(f"Python API, {dt}: warm-up, then prefill and decode at batch size 1 and 4 ...")
                 prof = str(output.with_name(output.stem + f"-profile-{dt}.txt")) if args.profile else None
-                api = run_api(checkpoint, args.device, dt, tokens, [1, 4], args.timeout, profile=prof,
+                sizes = [1, 4] if dt == args.dtype or args.compare_bs4 else [1]
+                api = run_api(checkpoint, args.device, dt, tokens, sizes, args.timeout, profile=prof,
                               threads=args.threads)
                 dtypes[dt] = dtype_summary(api, weights)
                 d = dtypes[dt]
                 log(f"  load {d['load_s']:.1f} s, prefill {d['prefill_s']:.2f} s ({d['prompt_tokens']} prompt tokens), "
-                    f"decode {d['decode_tok_s_bs1']:.2f} tok/s at bs1, {d['decode_tok_s_bs4']:.2f} tok/s at bs4, "
+                    f"decode {d['decode_tok_s_bs1']:.2f} tok/s at bs1, {fmt(d['decode_tok_s_bs4'])} tok/s at bs4, "
                     f"peak RSS {d['peak_rss_bytes'] / 2**30:.2f} GiB")
+                save(dtypes=dtypes)
                 if prof:
                     notes.append(f"profile ({dt}): {prof}")
+        if "invocations" not in skip:
+            log(f"{n} separate CLI invocations ...")
+            save(inv=run_invocations(args, features, images, log))
+        batches = {}
+        if batch_ok:
+            for bs in (1, 4):
+                log(f"one --batch run of {n} images at batch size {bs} ...")
+                batches[bs] = run_batch(args, features, images, bs, work, log)
+                save(batches=batches)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report = save(complete=True)
+    print(render_table(report))
+    print(f"\nwritten to {output} ({report['elapsed_s']:.0f} s in all)")
+    return 0
 
+
+def build_report(args, argv, state, machine, checkpoint, weights, info, build_s, features, compare,
+                 image_size, n, notes, t_start) -> dict:
+    help_t, inv, batches, dtypes = state["help_t"], state["inv"], state["batches"], state["dtypes"]
+    tokens = args.max_new_tokens
+    machine = dict(machine)
+    if dtypes:
+        machine["torch_threads"] = next(iter(dtypes.values())).get("threads")
     # --- rows --------------------------------------------------------------------
     def inv_median(fn):
         if not inv:
@@ -700,8 +744,9 @@ def main(argv: list[str] | None = None) -> int:
 
     main_api = dtypes.get(args.dtype)
     rows = [
-        row("help_s", "--help wall time (median of 5)", help_t["median_s"], "s", f"< {TARGET_HELP_S}",
-            help_t["median_s"] < TARGET_HELP_S),
+        row("help_s", f"--help wall time (median of {len(help_t['all_s'])})", help_t["median_s"], "s",
+            f"< {TARGET_HELP_S}", help_t["median_s"] < TARGET_HELP_S) if help_t else
+        row("help_s", "--help wall time", None, "s", f"< {TARGET_HELP_S}"),
         row("first_result_s", "process start to first result (1 invocation, median)",
             inv_median(lambda r: r["wall_s"]), "s"),
         row("cli_load_s", "model load time (CLI timings.load_s, median)",
@@ -753,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("gpu_peak_batch4_gib", "peak GPU memory, --batch-size 4 (nvidia-smi)",
                         b4["gpu_peak_mb"] / 1024 if b4 and b4.get("gpu_peak_mb") else None, "GiB"))
     for dt, d in dtypes.items():
-        if dt == args.dtype:
+        if dt == args.dtype or not main_api:
             continue
         rows.append(row(f"{dt}_prefill_ratio", f"prefill time {dt} / {args.dtype}", d["prefill_s"] / main_api["prefill_s"], "x"))
         rows.append(row(f"{dt}_decode_ratio", f"decode tok/s {dt} / {args.dtype}",
@@ -776,14 +821,11 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "dtypes": dtypes,
         "detail": {"help": help_t, "invocations": inv, "batches": {str(k): v for k, v in batches.items()}},
+        "complete": bool(state.get("complete")),
         "notes": notes,
         "elapsed_s": round(time.perf_counter() - t_start, 1),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(render_table(report))
-    print(f"\nwritten to {output} ({report['elapsed_s']:.0f} s in all)")
-    return 0
+    return report
 
 
 if __name__ == "__main__":
