@@ -75,11 +75,6 @@ class CliResult:
         return f"CliResult(code={self.code}, out={self.out[:300]!r}, err={self.err[-600:]!r})"
 
 
-class _Stdin:
-    def __init__(self, data: bytes):
-        self.buffer = io.BytesIO(data)
-
-
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Call the real CLI in-process: cli(*argv, stdin=b'...') -> CliResult."""
@@ -87,7 +82,7 @@ def cli(capsys, monkeypatch):
 
     def run(*argv, stdin: bytes | None = None) -> CliResult:
         if stdin is not None:
-            monkeypatch.setattr(sys, "stdin", _Stdin(stdin))
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
         capsys.readouterr()
         code = main([str(a) for a in argv])
         captured = capsys.readouterr()

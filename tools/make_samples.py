@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""Draw the synthetic 800x600 invoice at test_images/sample.jpg (no external assets).
+"""Make the sample inputs in test_images/ (no external assets):
 
-    python tools/make_sample_invoice.py [OUT.jpg]
+- sample.jpg: a synthetic 800x600 invoice
+- sample.pdf: a two-page PDF (the invoice, then a page of notes)
+- sample.mp4: a 3-second video panning over the invoice
+
+    python tools/make_samples.py [OUT_DIR]
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -60,11 +65,55 @@ def draw_invoice() -> Image.Image:
     return image
 
 
+def draw_notes() -> Image.Image:
+    image = Image.new("RGB", (800, 600), "white")
+    d = ImageDraw.Draw(image)
+    d.text((40, 40), "Terms and notes", font=font(28, True), fill="black")
+    notes = [
+        "1. Goods remain the property of Acme Supplies Ltd. until paid in full.",
+        "2. Late payments incur interest of 2% per month.",
+        "3. Bank: Example Bank, IBAN GB00 EXMP 0000 0000 0000 00.",
+        "4. Questions: accounts@acme.example, +44 117 000 0000.",
+    ]
+    for i, line in enumerate(notes):
+        d.text((40, 110 + i * 40), line, font=font(17), fill="black")
+    return image
+
+
+def write_pdf(path: Path) -> None:
+    first, second = draw_invoice(), draw_notes()
+    first.save(path, "PDF", save_all=True, append_images=[second], resolution=100)
+
+
+def write_video(path: Path, seconds: int = 3, fps: int = 10, size=(320, 240)) -> None:
+    import av
+    import numpy as np
+
+    invoice = draw_invoice()
+    frames = seconds * fps
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            left = int((invoice.width - 400) * i / (frames - 1))
+            crop = invoice.crop((left, 150, left + 400, 450)).resize(size)
+            frame = av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    out = argv[0] if argv else "test_images/sample.jpg"
-    draw_invoice().save(out, quality=92)
-    print(out)
+    out = Path(argv[0] if argv else "test_images")
+    out.mkdir(parents=True, exist_ok=True)
+    draw_invoice().save(out / "sample.jpg", quality=92)
+    write_pdf(out / "sample.pdf")
+    write_video(out / "sample.mp4")
+    for name in ("sample.jpg", "sample.pdf", "sample.mp4"):
+        print(out / name)
     return 0
 
 
