@@ -2,15 +2,52 @@
 
 `load_model` returns a ready, eval-mode model; `QUANTIZE_CHOICES` lists what
 `--quantize` accepts.
+
+bf16 (`--quantize none`): `from_pretrained` with safetensors. transformers
+maps the file (zero copy), so loading costs about one read of the weights file
+from the page cache; nothing else is changed, so results are bit-identical to
+stock transformers (bench/speed.py measures it; the profile of a request is in
+README "Performance").
+
+int8 (`--quantize int8`, CPU only): every linear layer of the language model
+(q/k/v/o, gate/up/down of the 28 decoder layers, and the lm_head) gets int8
+weights with one scale per output row, made by torchao (`Int8Tensor`,
+`Int8DynamicActivationInt8WeightConfig`, per-row symmetric). The vision tower,
+the embeddings and the norms stay in the load dtype. Each weight is read from
+the safetensors file with plain reads and quantized at once, so the bf16 copy
+of the language model is never resident (peak memory stays near the int8 size).
+At run time an `Int8Linear` picks the kernel by the number of rows:
+  * decode (few rows): int8 weight-only matrix-vector product
+    (`torch.ops.aten._weight_int8pack_mm`: bf16 activations, int8 weights,
+    reads half the bytes of bf16: decode is bound by memory bandwidth);
+  * prefill (many rows): torchao's dynamic per-token int8 activations x int8
+    weights (`torch._int_mm`, VNNI), as fast as the bf16 matrix product.
 """
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
 QUANTIZE_CHOICES = ("none", "int8")
+
+# Rows (batch x new tokens) up to which an int8 linear uses the weight-only
+# matrix-vector kernel; above it, the int8 x int8 matrix product (prefill).
+INT8_DECODE_MAX_ROWS = 16
+
+TORCHAO_PIN = "torchao==0.18.0"
 
 
 def load_model(path: str, dtype: str, device: str, quantize: str = "none"):
     import torch
     from transformers import AutoModelForImageTextToText
+
+    from .errors import ModelError
+
+    if quantize not in QUANTIZE_CHOICES:
+        raise ModelError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_CHOICES)}")
+    if quantize == "int8":
+        _check_int8_possible(device)
 
     model = AutoModelForImageTextToText.from_pretrained(
         path,
@@ -19,8 +56,199 @@ def load_model(path: str, dtype: str, device: str, quantize: str = "none"):
         use_safetensors=True,
         trust_remote_code=False,
     ).eval()
-    if quantize != "none":
-        from .errors import ModelError
-
-        raise ModelError(f"--quantize {quantize} is not available yet")
+    if quantize == "int8":
+        quantize_int8(model, path)
     return model
+
+
+# --- int8 --------------------------------------------------------------------
+
+
+def _check_int8_possible(device: str) -> None:
+    from .errors import ModelError
+
+    if device != "cpu":
+        raise ModelError(
+            f"--quantize int8 runs on the CPU only (int8 CPU kernels); on --device {device} "
+            "use --quantize none (bf16/fp16 on the GPU is faster and exact), or pass --device cpu"
+        )
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ModelError(
+            f"--quantize int8 needs the torchao package: pip install {TORCHAO_PIN} "
+            "(it is in requirements.txt)"
+        ) from None
+
+
+def int8_linear_names(model) -> list[str]:
+    """The linear layers int8 applies to: the language model's and the lm_head."""
+    import torch
+
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if ".language_model." in f".{name}." or name == "lm_head":
+            names.append(name)
+    return names
+
+
+def quantize_int8(model, path: str | None = None) -> int:
+    """Replace the language model's linear layers by Int8Linear; returns how many."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    reader = _WeightReader(path) if path else None
+    tied = _tied_source(model)
+    count = 0
+    try:
+        for name in int8_linear_names(model):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            linear = getattr(parent, child)
+            dtype = linear.weight.dtype
+            weight = None
+            if reader is not None:
+                weight = reader.read(name + ".weight")
+                if weight is None and name == "lm_head" and tied:
+                    weight = reader.read(tied)
+            if weight is None:  # not in the file under that name: the loaded tensor
+                weight = linear.weight.detach()
+            fresh = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                    device="meta")
+            fresh.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=False)
+            if linear.bias is not None:
+                fresh.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+            quantize_(fresh, config)
+            setattr(parent, child, Int8Linear(fresh))
+            del linear, fresh, weight
+            count += 1
+    finally:
+        if reader is not None:
+            reader.close()
+    if "lm_head" in int8_linear_names(model) or isinstance(getattr(model, "lm_head", None), Int8Linear):
+        # the lm_head is no longer the embedding matrix: do not let anyone re-tie them
+        model.config.tie_word_embeddings = False
+        text_config = getattr(model.config, "text_config", None)
+        if text_config is not None:
+            text_config.tie_word_embeddings = False
+    model.qwenvl_quantize = "int8"
+    return count
+
+
+def _tied_source(model) -> str | None:
+    """The checkpoint name of the embedding matrix the lm_head shares (tied weights)."""
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    head = getattr(model, "lm_head", None)
+    if head is None or emb is None or head.weight.data_ptr() != emb.weight.data_ptr():
+        return None
+    for name, module in model.named_modules():
+        if module is emb:
+            return name + ".weight"
+    return None
+
+
+try:
+    import torch as _torch
+
+    _Module = _torch.nn.Module
+except ImportError:  # torch is imported lazily elsewhere; accel is only used with it
+    _Module = object
+
+
+class Int8Linear(_Module):
+    """A linear layer with torchao int8 weights (per-row scales); kernel chosen by row count."""
+
+    def __init__(self, quantized):
+        import torch
+
+        super().__init__()
+        self.in_features = quantized.in_features
+        self.out_features = quantized.out_features
+        self.weight = quantized.weight  # torchao Int8Tensor parameter
+        self.bias = quantized.bias
+        qdata = self.weight.qdata
+        # the weight-only kernel takes the scales in the activation dtype
+        self.register_buffer("row_scale", self.weight.scale.reshape(-1).to(torch.bfloat16), persistent=False)
+        self._qdata = qdata
+
+    def forward(self, x):
+        import torch
+
+        rows = x.numel() // self.in_features
+        if rows <= INT8_DECODE_MAX_ROWS and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, self.in_features).contiguous(),
+                                                   self._qdata, self.row_scale)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            if self.bias is not None:
+                y = y + self.bias
+            return y
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row (torchao)"
+
+
+class _WeightReader:
+    """Reads single tensors of a safetensors checkpoint with plain reads (no mmap).
+
+    Reading with read() leaves the bytes in the page cache, not in this
+    process's resident set: quantizing from it keeps peak memory low.
+    """
+
+    _DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+    def __init__(self, path: str):
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        self.files: dict[Path, object] = {}
+        root = Path(path)
+        index = root / "model.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            shards = [p.name for p in sorted(root.glob("*.safetensors"))]
+        for shard in shards:
+            file = root / shard
+            with open(file, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            base = 8 + size
+            for key, info in header.items():
+                if key != "__metadata__":
+                    self.entries[key] = (file, base, info)
+
+    def read(self, key: str | None):
+        import torch
+
+        if not key or key not in self.entries:
+            return None
+        file, base, info = self.entries[key]
+        dtype = self._DTYPES.get(info["dtype"])
+        if dtype is None:
+            return None
+        start, end = info["data_offsets"]
+        out = torch.empty(info["shape"], dtype=getattr(torch, dtype))
+        view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
+        if view.nbytes != end - start:
+            return None
+        f = self.files.get(file)
+        if f is None:
+            f = self.files[file] = open(file, "rb", buffering=0)
+        f.seek(base + start)
+        done = 0
+        while done < view.nbytes:
+            n = f.readinto(view[done:])
+            if not n:
+                return None
+            done += n
+        return out
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()

@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""CPU speed of the model paths (issue 7): stock bf16, qwenvl's bf16 path, --quantize int8.
+
+    .venv/bin/python bench/speed.py                      # full-size random checkpoint, ~10 min on 2 cores
+    .venv/bin/python bench/speed.py --tokens 16          # shorter decode runs
+    .venv/bin/python bench/speed.py --checkpoint DIR     # another checkpoint (e.g. the real one)
+
+Uses the full-size random-weight Qwen3-VL-2B checkpoint of bench/benchmark.py
+(~/.cache/qwenvl-bench/qwen3-vl-2b-random, built there once if missing) and
+test_images/sample.jpg (800x600 document, "Extract all text.").
+
+One run, one model process at a time (each variant in its own process, so
+peak RSS is that variant's), in this order:
+  * the time to read the weights file once from a warm page cache;
+  * stock: plain `AutoModelForImageTextToText.from_pretrained` (bf16);
+  * bf16:  qwenvl.accel.load_model(..., quantize="none") (the CLI's default);
+  * int8:  qwenvl.accel.load_model(..., quantize="int8").
+For each: load time, prefill time (to the first token, after a warm-up, best
+of the runs), decode tokens/s (best run), peak RSS. The stock run's greedy
+tokens and logits over --agree-steps steps are the reference: the other paths
+are teacher-forced on those tokens through `generate` (their real decode
+path) and report the relative logit error (first step = the fixed prompt's
+next-token logits, and the mean over all steps) and how many of their own
+greedy choices agree with the reference tokens. Timings on a shared machine
+are noisy: the figures to read are the ratios within one run.
+
+Prints a table and writes JSON (default bench/results/speed-cpu.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "test_images" / "sample.jpg"
+DEFAULT_CHECKPOINT = Path("~/.cache/qwenvl-bench/qwen3-vl-2b-random").expanduser()
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPT = "Extract all text."
+
+TARGETS = {
+    "bf16_decode_tok_s_min": 6.5,
+    "bf16_prefill_s_max": 4.5,
+    "int8_decode_over_bf16_min": 1.7,
+    "int8_peak_rss_gb_max": 3.5,
+    "int8_prefill_over_bf16_max": 1.10,
+    "load_over_read_max": 1.5,
+}
+
+
+def read_file_once(path: Path) -> float:
+    """Seconds to read the weights file once (the second of two reads: warm page cache)."""
+    buf = bytearray(1 << 24)
+    view = memoryview(buf)
+    best = None
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+        best = time.perf_counter() - t0
+    return best
+
+
+# --- the worker: one model path in its own process ---------------------------
+
+
+class _Recorder:
+    """A logits processor: times each step, keeps raw logits, optionally forces tokens."""
+
+    def __init__(self, prompt_len: int, force: list[int] | None = None, keep: bool = True):
+        self.prompt_len, self.force, self.keep = prompt_len, force, keep
+        self.times: list[float] = []
+        self.logits: list = []
+        self.choices: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self.times.append(time.perf_counter())
+        step = input_ids.shape[1] - self.prompt_len
+        if self.keep:
+            self.logits.append(scores[0].float().clone())
+        self.choices.append(int(scores[0].argmax()))
+        if self.force is not None and step < len(self.force):
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, self.force[step]] = 0.0
+            return forced
+        return scores
+
+
+def worker(spec: dict) -> dict:
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT))
+    from qwenvl.session import ModelSession, _quiet_libraries
+
+    _quiet_libraries()
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    variant, checkpoint = spec["variant"], spec["checkpoint"]
+    t0 = time.perf_counter()
+    if variant == "stock":
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        model = AutoModelForImageTextToText.from_pretrained(
+            checkpoint, dtype=torch.bfloat16, use_safetensors=True
+        ).eval()
+        load_s = time.perf_counter() - t0
+        session = ModelSession.__new__(ModelSession)  # only for prepare()
+        session.processor, session.model = processor, model
+    else:
+        session = ModelSession(checkpoint, device="cpu", dtype="bfloat16",
+                               quantize="int8" if variant == "int8" else "none")
+        load_s = session.load_s
+        model = session.model
+    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+    image = Image.open(IMAGE).convert("RGB")
+    conv = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": PROMPT}]}]]
+    t1 = time.perf_counter()
+    inputs = session.prepare(conv)
+    preprocess_s = time.perf_counter() - t1
+    prompt_len = int(inputs["input_ids"].shape[1])
+
+    def run(tokens: int, force=None, keep=False) -> _Recorder:
+        rec = _Recorder(prompt_len, force, keep)
+        config = GenerationConfig(do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
+                                  eos_token_id=None, pad_token_id=0)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList([rec]))
+        rec.start = start
+        return rec
+
+    run(2)  # warm-up: first touch of every weight page, allocator, kernels
+    ref = None
+    if spec.get("reference"):
+        ref = torch.load(spec["reference"])
+    steps = spec["agree_steps"]
+    timed = []
+    agreement = None
+    for i in range(spec["runs"]):
+        force = ref["tokens"] if ref is not None else None
+        rec = run(steps if i == 0 else spec["tokens"] + 1, force=force, keep=(i == 0))
+        timed.append(rec)
+        if i == 0:
+            logits = torch.stack(rec.logits)
+            if ref is None:
+                torch.save({"tokens": rec.choices, "logits": logits}, spec["save_reference"])
+            else:
+                ref_logits = ref["logits"]
+                finite = torch.isfinite(logits) & torch.isfinite(ref_logits)  # eos masked by min_new_tokens
+                logits, ref_logits = logits.where(finite, 0.0), ref_logits.where(finite, 0.0)
+                rel = ((logits - ref_logits).norm(dim=-1) / ref_logits.norm(dim=-1)).tolist()
+                agree = sum(int(a == b) for a, b in zip(rec.choices, ref["tokens"]))
+                agreement = {
+                    "steps": len(rec.choices),
+                    "rel_logit_error_prompt": rel[0],
+                    "rel_logit_error_mean": sum(rel) / len(rel),
+                    "rel_logit_error_max": max(rel),
+                    "greedy_agreement": agree / len(rec.choices),
+                    "greedy_agree_count": agree,
+                    "bit_identical": bool(torch.equal(logits, ref_logits)),
+                }
+            del logits
+            rec.logits = []
+    prefill = min(r.times[0] - r.start for r in timed)
+    decode = max((len(r.times) - 1) / (r.times[-1] - r.times[0]) for r in timed if len(r.times) > 1)
+    from qwenvl.accel import Int8Linear
+
+    return {
+        "variant": variant,
+        "load_s": load_s,
+        "preprocess_s": preprocess_s,
+        "prompt_tokens": prompt_len,
+        "prefill_s": prefill,
+        "prefill_runs_s": [r.times[0] - r.start for r in timed],
+        "decode_tok_s": decode,
+        "decode_runs_tok_s": [(len(r.times) - 1) / (r.times[-1] - r.times[0]) for r in timed if len(r.times) > 1],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "rss_after_load_gb": rss_after_load,
+        "int8_linears": sum(isinstance(m, Int8Linear) for m in model.modules()),
+        "threads": torch.get_num_threads(),
+        "agreement": agreement,
+    }
+
+
+# --- the parent ---------------------------------------------------------------
+
+
+def ensure_checkpoint(path: Path) -> Path:
+    if (path / ".complete").is_file() or (path / "model.safetensors").is_file():
+        return path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchmark  # builds the same full-size random checkpoint
+
+    print(f"building the full-size random checkpoint in {path} (once)", file=sys.stderr)
+    return benchmark.build_full_checkpoint(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    ap.add_argument("--variants", default="stock,bf16,int8")
+    ap.add_argument("--tokens", type=int, default=32, help="decode tokens per timed run")
+    ap.add_argument("--runs", type=int, default=3, help="timed generate runs per variant (best is kept)")
+    ap.add_argument("--agree-steps", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=RESULTS / "speed-cpu.json")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        print("RESULT " + json.dumps(worker(json.loads(args._worker))), flush=True)
+        return 0
+
+    checkpoint = ensure_checkpoint(args.checkpoint.expanduser())
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    read_s = sum(read_file_once(w) for w in weights)
+    weights_gb = sum(w.stat().st_size for w in weights) / 1e9
+    print(f"weights {weights_gb:.2f} GB, read once (warm cache) in {read_s:.2f} s", file=sys.stderr)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_path = str(Path(tmp) / "reference.pt")
+        for variant in args.variants.split(","):
+            spec = {"variant": variant, "checkpoint": str(checkpoint), "tokens": args.tokens,
+                    "runs": args.runs, "agree_steps": args.agree_steps}
+            if variant == "stock":
+                spec["save_reference"] = ref_path
+            elif os.path.exists(ref_path):
+                spec["reference"] = ref_path
+            print(f"running {variant} ...", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)],
+                                  capture_output=True, text=True, cwd=ROOT)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{variant} failed (exit {proc.returncode})")
+            results[variant] = json.loads(line[-1][7:])
+            r = results[variant]
+            print(f"  load {r['load_s']:.1f} s, prefill {r['prefill_s']:.2f} s, decode {r['decode_tok_s']:.2f} tok/s, "
+                  f"peak RSS {r['peak_rss_gb']:.2f} GB", file=sys.stderr, flush=True)
+
+    report = summarize(results, read_s, weights_gb)
+    report.update({
+        "command": "python bench/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "checkpoint": str(checkpoint),
+        "image": str(IMAGE.relative_to(ROOT)),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_at_end": os.getloadavg()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": results,
+    })
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def summarize(results: dict, read_s: float, weights_gb: float) -> dict:
+    stock, bf16, int8 = (results.get(k) for k in ("stock", "bf16", "int8"))
+    base = bf16 or stock
+    ratios, checks = {}, {}
+    if stock and bf16:
+        ratios["bf16_prefill_speedup_over_stock"] = stock["prefill_s"] / bf16["prefill_s"]
+        ratios["bf16_decode_speedup_over_stock"] = bf16["decode_tok_s"] / stock["decode_tok_s"]
+    if base:
+        checks["bf16_decode_tok_s"] = (base["decode_tok_s"], base["decode_tok_s"] >= TARGETS["bf16_decode_tok_s_min"])
+        checks["bf16_prefill_s"] = (base["prefill_s"], base["prefill_s"] <= TARGETS["bf16_prefill_s_max"])
+        ratios["load_over_read"] = base["load_s"] / read_s
+        checks["load_over_read"] = (ratios["load_over_read"], ratios["load_over_read"] <= TARGETS["load_over_read_max"])
+    if int8 and base:
+        ratios["int8_decode_over_bf16"] = int8["decode_tok_s"] / base["decode_tok_s"]
+        ratios["int8_prefill_over_bf16"] = int8["prefill_s"] / base["prefill_s"]
+        ratios["int8_load_over_read"] = int8["load_s"] / read_s
+        checks["int8_decode_over_bf16"] = (ratios["int8_decode_over_bf16"],
+                                           ratios["int8_decode_over_bf16"] >= TARGETS["int8_decode_over_bf16_min"])
+        checks["int8_prefill_over_bf16"] = (ratios["int8_prefill_over_bf16"],
+                                            ratios["int8_prefill_over_bf16"] <= TARGETS["int8_prefill_over_bf16_max"])
+        checks["int8_peak_rss_gb"] = (int8["peak_rss_gb"], int8["peak_rss_gb"] <= TARGETS["int8_peak_rss_gb_max"])
+    return {"read_weights_s": read_s, "weights_gb": weights_gb, "targets": TARGETS, "ratios": ratios,
+            "checks": {k: {"value": v, "met": ok} for k, (v, ok) in checks.items()}}
+
+
+def print_table(report: dict) -> None:
+    res = report["results"]
+    print(f"\nweights file {report['weights_gb']:.2f} GB read once from a warm page cache: {report['read_weights_s']:.2f} s")
+    head = f"{'path':6} {'load s':>7} {'load/read':>9} {'prefill s':>9} {'decode tok/s':>12} {'peak RSS GB':>11}  agreement with stock bf16"
+    print(head)
+    print("-" * len(head))
+    for name, r in res.items():
+        a = r.get("agreement")
+        agree = "reference" if a is None else (
+            "bit-identical" if a["bit_identical"] else
+            f"rel. logit err {a['rel_logit_error_prompt']:.3f} (prompt) / {a['rel_logit_error_mean']:.3f} (mean), "
+            f"greedy {a['greedy_agree_count']}/{a['steps']}")
+        print(f"{name:6} {r['load_s']:7.2f} {r['load_s'] / report['read_weights_s']:9.2f} {r['prefill_s']:9.2f} "
+              f"{r['decode_tok_s']:12.2f} {r['peak_rss_gb']:11.2f}  {agree}")
+    print()
+    for k, v in report["ratios"].items():
+        print(f"{k:34} {v:.2f}")
+    print()
+    for k, c in report["checks"].items():
+        print(f"{k:34} {c['value']:.2f}  {'met' if c['met'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
