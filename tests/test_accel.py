@@ -1,0 +1,154 @@
+"""Model loading and acceleration (qwenvl/accel.py) on the tiny checkpoint: --quantize int8, the bf16 path."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _inputs(tiny_model):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    image = Image.new("RGB", (96, 64), (200, 30, 30))
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+    text = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    return processor(text=[text], images=[image], return_tensors="pt")
+
+
+def _logits(model, inputs):
+    with torch.inference_mode():
+        return model(**inputs).logits.float()
+
+
+def test_int8_runs_end_to_end_through_the_cli(run_tiny, media):
+    r = run_tiny("--image", media["jpeg"], "--format", "json", "--quantize", "int8")
+    assert r.code == 0, r
+    rec = r.json
+    for key in ("text", "model", "device", "dtype", "generation", "usage", "finish_reason", "timings"):
+        assert key in rec, key
+    assert rec["text"] and rec["device"] == "cpu"
+    assert rec["usage"]["completion_tokens"] == 8 and rec["finish_reason"] == "length"
+
+
+def test_int8_text_output_and_determinism(run_tiny, media):
+    a = run_tiny("--image", media["jpeg"], "--quantize", "int8")
+    b = run_tiny("--image", media["jpeg"], "--quantize", "int8")
+    assert a.code == b.code == 0, a
+    assert a.out.strip() and a.out == b.out
+
+
+def test_int8_replaces_the_language_model_linears_only(tiny_model):
+    from torchao.quantization import Int8Tensor
+
+    from qwenvl.accel import Int8Linear, load_model
+
+    model = load_model(tiny_model, "bfloat16", "cpu", "int8")
+    quantized = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    lm = model.model.language_model
+    n_layers = len(lm.layers)
+    assert len(quantized) == 7 * n_layers + 1  # q k v o gate up down per layer, and the lm_head
+    assert "lm_head" in quantized
+    for name in quantized:
+        module = model.get_submodule(name)
+        assert isinstance(module.weight, Int8Tensor)
+        assert module.weight.qdata.dtype == torch.int8
+    # the vision tower and the embeddings keep the load dtype
+    for name, module in model.model.visual.named_modules():
+        assert not isinstance(module, Int8Linear), name
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.dtype == torch.bfloat16
+    assert lm.embed_tokens.weight.dtype == torch.bfloat16
+    assert getattr(model, "qwenvl_quantize", None) == "int8"
+
+
+def test_int8_logits_stay_close_to_bf16(tiny_model):
+    from qwenvl.accel import load_model
+
+    inputs = _inputs(tiny_model)
+    ref = _logits(load_model(tiny_model, "bfloat16", "cpu", "none"), inputs)
+    got = _logits(load_model(tiny_model, "bfloat16", "cpu", "int8"), inputs)
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.05, rel
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
+def test_int8_linear_kernels_match_the_dequantized_weights(rows):
+    """Both kernels (weight-only for few rows, int8 x int8 for many) compute x @ dequant(W).T + b."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from qwenvl.accel import INT8_DECODE_MAX_ROWS, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 384, bias=True).to(torch.bfloat16)
+    quantize_(linear, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    layer = Int8Linear(linear)
+    x = torch.randn(1, rows, 256, dtype=torch.bfloat16)
+    w = layer.weight.qdata.float() * layer.weight.scale.float().reshape(-1, 1)
+    ref = x.float() @ w.T + layer.bias.float()
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.shape == (1, rows, 384) and y.dtype == torch.bfloat16
+    rel = ((y.float() - ref).norm() / ref.norm()).item()
+    assert rel < (0.01 if rows <= INT8_DECODE_MAX_ROWS else 0.03), rel
+
+
+def test_bf16_path_is_bit_identical_to_from_pretrained(tiny_model):
+    from transformers import AutoModelForImageTextToText
+
+    from qwenvl.accel import load_model
+
+    inputs = _inputs(tiny_model)
+    stock = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
+    ours = load_model(tiny_model, "bfloat16", "cpu", "none")
+    assert torch.equal(_logits(stock, inputs), _logits(ours, inputs))
+
+
+def test_weight_reader_reads_what_safetensors_reads(tiny_model):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from qwenvl.accel import _WeightReader
+
+    (file,) = Path(tiny_model).glob("*.safetensors")
+    expected = load_file(file)
+    reader = _WeightReader(tiny_model)
+    try:
+        assert set(reader.entries) == set(expected)
+        for key, tensor in expected.items():
+            assert torch.equal(reader.read(key), tensor), key
+        assert reader.read("no.such.weight") is None
+    finally:
+        reader.close()
+
+
+def test_int8_on_a_gpu_is_refused_clearly(cli, tiny_model, media, monkeypatch):
+    import qwenvl.session as session
+
+    monkeypatch.setattr(session, "resolve_device", lambda name: "cuda")
+    monkeypatch.setattr(session, "resolve_dtype", lambda name, device: "bfloat16")
+    r = cli("--image", media["jpeg"], "--model", tiny_model, "--quantize", "int8", "--max-new-tokens", "2")
+    assert r.code == 1, r
+    assert "error: --quantize int8 runs on the CPU only" in r.err
+    assert "--quantize none" in r.err and "Traceback" not in r.err
+
+
+def test_int8_without_torchao_says_how_to_install(tiny_model, monkeypatch):
+    from qwenvl.accel import load_model
+    from qwenvl.errors import ModelError
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao -> ImportError
+    with pytest.raises(ModelError, match="pip install torchao=="):
+        load_model(tiny_model, "bfloat16", "cpu", "int8")
+
+
+def test_unknown_quantize_value_is_refused(tiny_model):
+    from qwenvl.accel import load_model
+    from qwenvl.errors import ModelError
+
+    with pytest.raises(ModelError, match="--quantize int4"):
+        load_model(tiny_model, "bfloat16", "cpu", "int4")
