@@ -228,48 +228,52 @@ class _PageRequest(Request):
 
 
 class JsonlSink:
-    """JSON Lines to a file or stdout; each record is one flushed write."""
+    """JSON Lines to a file or stdout; each record is one flushed, whole line."""
 
     def __init__(self, path: str | None, resume: bool):
         self.path = path
         self.done: set[str] = set()
+        self.fd = None
         if path is None:
-            self.stream = sys.stdout
             return
         target = Path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             if resume and target.exists():
                 self.done = _read_done(target)
-                self.stream = open(target, "a", encoding="utf-8", newline="\n")
+                self.fd = os.open(target, os.O_WRONLY | os.O_APPEND)
             else:
-                self.stream = open(target, "w", encoding="utf-8", newline="\n")
+                self.fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         except OSError as exc:
             raise OutputError(f"{path}: cannot open for writing ({exc.strerror or exc})") from None
 
     def write(self, record: dict, request: Request) -> None:
         line = render_jsonl(record)
-        if self.path is None:
-            self.stream.write(line)
-            self.stream.flush()
+        if self.fd is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
             return
-        start = self.stream.tell()
+        data = line.encode("utf-8")
+        start = os.lseek(self.fd, 0, os.SEEK_END)
         try:
-            self.stream.write(line)
-            self.stream.flush()
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
         except OSError as exc:
             try:  # never leave half a line behind
-                self.stream.truncate(start)
+                os.ftruncate(self.fd, start)
             except OSError:
                 pass
             raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
 
     def close(self) -> None:
-        if self.path is not None:
+        if self.fd is not None:
             try:
-                self.stream.close()
+                os.close(self.fd)
             except OSError:
                 pass
+            self.fd = None
 
 
 def _read_done(path: Path) -> set[str]:

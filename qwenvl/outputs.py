@@ -76,8 +76,20 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` whole (temporary file, fsync, rename), or leave `path` as it was."""
+    """Write `data` to `path` whole (temporary file, fsync, rename), or leave `path` as it was.
+
+    A path that exists and is not a regular file (/dev/stdout, a FIFO) is
+    written to directly: it cannot be replaced, and there is nothing to tear.
+    """
     target = Path(path)
+    if target.exists() and not target.is_file() and not target.is_dir():
+        try:
+            with open(target, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write ({_describe_os_error(exc)})") from None
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
