@@ -20,7 +20,6 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InputError, UsageError
 
@@ -230,6 +229,8 @@ def _exists(path: str) -> bool:
 def read_bytes(src: str, opts: LoadOptions, stdin=None) -> bytes:
     kind = source_type(src)
     if kind == "stdin":
+        if stdin is None and getattr(sys.stdin, "buffer", None) is None:
+            raise InputError("stdin", "standard input is closed")
         stream = stdin if stdin is not None else sys.stdin.buffer
         if stdin is None and _is_terminal(sys.stdin):
             raise InputError("stdin", "standard input is a terminal: pipe a file into it (... < photo.jpg)")
