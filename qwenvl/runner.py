@@ -89,6 +89,7 @@ def base_record(args, session, prompt: str) -> dict:
         "usage": {"prompt_tokens": 0, "completion_tokens": 0},
         "finish_reason": None,
         "timings": {"load_s": round(session.load_s, 3), "preprocess_s": 0.0, "generate_s": 0.0, "total_s": 0.0},
+        "quantize": getattr(session, "quantize", "none"),
         "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
@@ -106,10 +107,11 @@ def media_items(args, media: list[Media], video: Media | None) -> tuple[list, di
 # --- history ---------------------------------------------------------------
 
 
-def load_history(path: str, opts: LoadOptions) -> tuple[list[dict], list[dict]]:
-    """(turns as stored, turns with their images loaded for the model)."""
+def load_history(args, opts: LoadOptions) -> tuple[list[dict], list[dict]]:
+    """(turns as stored, turns with their images and videos loaded for the model)."""
     import os
 
+    path = args.history
     if not os.path.exists(path):
         return [], []
     try:
@@ -144,7 +146,11 @@ def load_history(path: str, opts: LoadOptions) -> tuple[list[dict], list[dict]]:
                     raise InputError(path, f"message {i}: PDFs are not supported in a history")
                 items.append({"type": "image", "image": loaded_image.image})
             elif item.get("type") == "video" or "video" in item:
-                raise InputError(path, f"message {i}: video turns cannot be replayed from a history")
+                src = item.get("video")
+                if not isinstance(src, str):
+                    raise InputError(path, f"message {i}: a video item needs a \"video\" source")
+                video = load_video(src, opts, args.fps, args.max_frames)
+                items.append(media_items(args, [], video)[1])
             elif "text" in item:
                 items.append({"type": "text", "text": str(item["text"])})
             else:
@@ -287,7 +293,7 @@ def run(args) -> int:
         log(f"video {video.source}: {len(video.frames)} frames at {video.sample_fps:g} fps")
     stored_history, history = ([], [])
     if args.history:
-        stored_history, history = load_history(args.history, opts)
+        stored_history, history = load_history(args, opts)
 
     if args.chat:
         from .chat import run_chat

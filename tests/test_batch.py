@@ -50,6 +50,7 @@ def test_folder_to_jsonl_stdout(run_tiny, tree):
     assert by_key[f"{tree}/doc.pdf#page=2"]["page"] == 2
     assert f"error: {tree}/bad.png: not a recognised image" in r.err
     assert "4 done, 1 failed" in r.err
+    assert "%|" not in r.err and "it/s" not in r.err  # no progress bar when stderr is not a terminal
 
 
 def test_batch_matches_single_runs(run_tiny, tree):
@@ -213,3 +214,36 @@ def test_interrupt_keeps_results_and_resume_completes(tiny_model, tmp_path, sig)
     full = _spawn_batch(tiny_model, [folder], full_out)
     full.communicate(timeout=120)
     assert {r["key"]: r["text"] for r in recs} == {r["key"]: r["text"] for r in lines(full_out.read_text())}
+
+
+def test_progress_bar_on_a_terminal(tiny_model, tree, tmp_path):
+    import pty
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "predict.py"), "--batch", str(tree / "sub"), str(tree / "a.jpg"),
+         "--output", str(out), "--model", tiny_model, "--max-new-tokens", "4"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0
+    text = seen.decode("utf-8", "replace")
+    assert "batch: 100%" in text and "2/2" in text and "img/s" in text
+    assert proc.stdout.read() == b""  # the bar never touches stdout

@@ -196,6 +196,17 @@ def test_history_appends_turns(run_tiny, media, tmp_path):
     assert second.json["usage"]["prompt_tokens"] > 60
 
 
+def test_history_with_a_video_replays(run_tiny, media, tmp_path):
+    hist = tmp_path / "video-chat.json"
+    first = run_tiny("--video", media["mp4"], "--max-frames", "4", "--prompt", "What moves?", "--history", hist)
+    assert first.code == 0, first
+    assert json.loads(hist.read_text())[0]["content"][0] == {"type": "video", "video": str(media["mp4"])}
+    second = run_tiny("--prompt", "And then?", "--history", hist, "--max-frames", "4", "--format", "json")
+    assert second.code == 0, second
+    assert len(json.loads(hist.read_text())) == 4
+    assert second.json["usage"]["prompt_tokens"] > 100  # the video's frames are in the prompt again
+
+
 def test_history_invalid_json(run_tiny, media, tmp_path):
     hist = tmp_path / "bad.json"
     hist.write_text("{not json")
