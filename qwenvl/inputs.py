@@ -375,11 +375,7 @@ def fetch_url(url: str, opts: LoadOptions) -> bytes:
                         shown, f"the download is {_mb(int(declared))}, over the {_mb(opts.max_bytes)} limit (--max-input-mb)"
                     )
                 chunks, total = [], 0
-                while True:
-                    # read1: whatever has arrived (at most 64 KiB), so the checks run as data comes in
-                    chunk = response.raw.read1(65536, decode_content=True)
-                    if not chunk:
-                        break
+                for chunk in _body_pieces(response):
                     total += len(chunk)
                     if total > opts.max_bytes:
                         raise InputError(shown, f"the download passed the {_mb(opts.max_bytes)} limit and was stopped (--max-input-mb)")
@@ -420,6 +416,20 @@ def fetch_url(url: str, opts: LoadOptions) -> bytes:
     if _sniff_markup(data) == "html":
         raise InputError(shown, "the server sent an HTML page, not an image, PDF or video")
     return data
+
+
+def _body_pieces(response):
+    """The body as it arrives: read1 returns whatever is there (at most 64 KiB), so
+    the size and time checks run as data comes in, not after a full 64 KiB."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2
+    if read1 is None:
+        yield from response.iter_content(chunk_size=65536)
+        return
+    while True:
+        chunk = read1(65536, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -592,11 +602,11 @@ def _decode_image(data: bytes, source: str, opts: LoadOptions):
             )
         if width < 1 or height < 1:
             raise InputError(source, f"the image has no pixels ({width}x{height})")
-        frames = _frame_count(image)
+        frames, more = _frame_count(image)
         if frames > 1:
             what = {"TIFF": "multi-page TIFF", "MPO": "multi-picture JPEG"}.get(image.format or "", "animated image")
             unit = "pages" if image.format == "TIFF" else "frames"
-            notes.append(f"{what} with {frames} {unit}: only the first is used")
+            notes.append(f"{what} with {'more than ' if more else ''}{frames} {unit}: only the first is used")
         if image.format in ("JPEG", "MPO") and width * height > MAX_WORKING_PIXELS:
             factor = (width * height / MAX_WORKING_PIXELS) ** 0.5
             image.draft(image.mode, (int(width / factor) + 1, int(height / factor) + 1))
@@ -671,11 +681,29 @@ def _sniff_name(data: bytes) -> str:
     return "image"
 
 
-def _frame_count(image) -> int:
+MAX_FRAMES_COUNTED = 1000  # GIF and TIFF frames are counted by walking the file: stop here
+
+
+def _frame_count(image) -> tuple[int, bool]:
+    """(frames, whether there are more than that). Cheap: a GIF of millions of
+    one-pixel frames is not walked to its end just to say how many there are."""
     try:
-        return int(getattr(image, "n_frames", 1) or 1)
-    except Exception:  # counting walks the file; a broken later frame does not matter
-        return 1
+        if image.format not in ("GIF", "TIFF"):
+            return int(getattr(image, "n_frames", 1) or 1), False
+        count = 1
+        while count <= MAX_FRAMES_COUNTED:
+            try:
+                image.seek(count)
+            except EOFError:
+                break
+            count += 1
+        more = count > MAX_FRAMES_COUNTED
+        return min(count, MAX_FRAMES_COUNTED), more
+    except Exception:  # a broken later frame does not matter: only the first is used
+        return 1, False
+    finally:
+        with contextlib.suppress(Exception):
+            image.seek(0)
 
 
 def _exif_orientation(image, notes: list[str]) -> int:

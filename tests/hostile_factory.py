@@ -104,6 +104,14 @@ def animated_gif(frames: int = 3) -> bytes:
     return save(images[0], "GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
 
 
+def gif_many_frames(count: int = 100_000) -> bytes:
+    """A 1x1 GIF with `count` frames of 23 bytes each: counting them all is the attack."""
+    head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = (b"\x21\xf9\x04\x00\x00\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+             + b"\x02\x02\x44\x01\x00")
+    return head + frame * count + b";"
+
+
 def gif_zero_frames() -> bytes:
     """Header, logical screen 10x10, global colour table, trailer: no image at all."""
     return b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0x80, 0, 0) + bytes(6) + b";"

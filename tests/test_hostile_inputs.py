@@ -246,6 +246,14 @@ def test_animated_gif_says_which_frame(run_tiny, tmp_path):
     assert f"warning: {path}: animated image with 3 frames: only the first is used" in r.err
 
 
+def test_gif_with_100000_frames_is_not_walked_to_the_end():
+    t0 = time.monotonic()
+    image, notes = decode_image(hf.gif_many_frames(100_000), "many.gif", LoadOptions())
+    assert time.monotonic() - t0 < 3
+    assert image.size == (1, 1)
+    assert notes == ["animated image with more than 1000 frames: only the first is used"]
+
+
 @pytest.mark.parametrize(
     "name,make",
     [("cmyk.jpg", hf.cmyk_jpeg), ("grey16.png", hf.png_16bit_grey), ("rgb48.png", hf.png_16bit_rgb),
@@ -674,3 +682,16 @@ def test_hostile_inputs_never_raise_anything_else(tmp_path):
                         except InputError:
                             pass
                     result.close()
+
+
+def test_body_is_read_in_pieces_with_old_urllib3():
+    """urllib3 1.x has no read1: the download falls back to requests' iter_content."""
+
+    class Response:
+        raw = object()
+
+        def iter_content(self, chunk_size):
+            yield b"ab"
+            yield b"c"
+
+    assert list(inputs._body_pieces(Response())) == [b"ab", b"c"]
