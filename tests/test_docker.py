@@ -238,8 +238,13 @@ def engine():
 
 @pytest.fixture(scope="module")
 def base_image(engine) -> str:
+    if os.environ.get("QWENVL_TEST_BASE_IMAGE"):  # e.g. the public PyTorch image, where a registry answers
+        return os.environ["QWENVL_TEST_BASE_IMAGE"]
     if not VENV:
         pytest.skip("container tier: the tests must run from a virtual environment (bash test.sh)")
+    if os.getuid() != 0 or not shutil.which("debootstrap"):
+        pytest.skip("container tier: the local base image needs root and debootstrap "
+                    "(or set QWENVL_TEST_BASE_IMAGE to an image with the pinned torch)")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), VENV],
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr
