@@ -358,7 +358,7 @@ def api_worker(spec: dict) -> dict:
 
     tokens = spec["tokens"]
     runs = {}
-    for bs in spec["batch_sizes"]:
+    for bs in ([] if spec.get("profile_only") else spec["batch_sizes"]):
         convs = [messages(image)] * bs
         settings = GenerationSettings(max_new_tokens=tokens, ignore_eos=True, loop_guard=False)
         t0 = time.perf_counter()
@@ -394,36 +394,86 @@ def api_worker(spec: dict) -> dict:
         result["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
         result["gpu_name"] = torch.cuda.get_device_name(0)
     if spec.get("profile"):
-        result["profile_file"] = profile_once(session, messages(image), spec)
+        result["profile"] = profile_once(session, messages(image), spec)
     return result
 
 
-def profile_once(session, msgs, spec) -> str:
-    """torch.profiler over one generate per batch size: the operators that bound the run."""
+def profile_once(session, msgs, spec) -> dict:
+    """Where one request's time goes: per-module wall time (vision tower, language model, lm_head) for
+    prefill and each decode step, and a torch.profiler operator table; batch sizes from spec."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from qwenvl.session import GenerationSettings
 
+    model = session.model
+    modules = {"vision": model.model.visual, "language_model": model.model.language_model, "lm_head": model.lm_head}
+    cuda = spec["device"] == "cuda"
     path = Path(spec["profile"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = []
-    for bs in spec["batch_sizes"]:
+    chunks, summary = [], {}
+    for bs in spec.get("profile_batch_sizes") or spec["batch_sizes"]:
+        calls: list[tuple[str, int, float]] = []
+        starts = {}
+
+        def pre(name):
+            def hook(mod, args, kwargs=None):
+                if cuda:
+                    torch.cuda.synchronize()
+                starts[name] = time.perf_counter()
+            return hook
+
+        def post(name):
+            def hook(mod, args, *rest):
+                if cuda:
+                    torch.cuda.synchronize()
+                hidden = args[0] if args else None
+                rows = hidden.shape[-2] if hasattr(hidden, "shape") and hidden.dim() >= 2 else None
+                calls.append((name, rows, time.perf_counter() - starts[name]))
+            return hook
+
+        handles = []
+        for name, mod in modules.items():
+            handles.append(mod.register_forward_pre_hook(pre(name)))
+            handles.append(mod.register_forward_hook(post(name)))
         settings = GenerationSettings(max_new_tokens=spec["profile_tokens"], ignore_eos=True, loop_guard=False)
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec["device"] == "cuda" else [])
-        with profile(activities=activities) as prof:
-            session.generate([msgs] * bs, settings)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        t0 = time.perf_counter()
+        try:
+            with profile(activities=activities) as prof:
+                session.generate([msgs] * bs, settings)
+        finally:
+            for h in handles:
+                h.remove()
+        total = time.perf_counter() - t0
+        lm_calls = [c for c in calls if c[0] == "language_model"]
+        head_calls = [c for c in calls if c[0] == "lm_head"]
+        vision = sum(c[2] for c in calls if c[0] == "vision")
+        split = {
+            "batch_size": bs,
+            "new_tokens": spec["profile_tokens"],
+            "total_s": total,
+            "vision_s": vision,
+            # the outer model runs the vision tower before the language model: the two do not overlap
+            "prefill_language_model_s": lm_calls[0][2] if lm_calls else None,
+            "prefill_lm_head_s": head_calls[0][2] if head_calls else None,
+            "decode_step_language_model_s": statistics.mean(c[2] for c in lm_calls[1:]) if len(lm_calls) > 1 else None,
+            "decode_step_lm_head_s": statistics.mean(c[2] for c in head_calls[1:]) if len(head_calls) > 1 else None,
+        }
+        summary[str(bs)] = split
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        chunks.append(f"=== batch size {bs}, {spec['profile_tokens']} new tokens, threads {torch.get_num_threads()} ===\n{table}\n")
+        chunks.append(f"=== batch size {bs}, {spec['profile_tokens']} new tokens, threads {torch.get_num_threads()} ===\n"
+                      f"module split: {json.dumps(split)}\n{table}\n")
     path.write_text("\n".join(chunks))
-    return str(path)
+    return {"file": str(path), "split": summary}
 
 
 def run_api(checkpoint: Path, device: str, dtype: str, tokens: int, batch_sizes: list[int],
-            timeout: float, profile: str | None = None, threads: int | None = None) -> dict:
+            timeout: float, profile: str | None = None, threads: int | None = None,
+            profile_only: bool = False) -> dict:
     spec = {"checkpoint": str(checkpoint), "device": device, "dtype": dtype, "image": str(IMAGE),
-            "tokens": tokens, "batch_sizes": batch_sizes, "profile": profile, "profile_tokens": 8,
-            "threads": threads}
+            "tokens": tokens, "batch_sizes": batch_sizes, "profile": profile, "profile_tokens": 4,
+            "threads": threads, "profile_only": profile_only}
     res = run_child([sys.executable, str(Path(__file__).resolve()), "--_api", json.dumps(spec)], timeout)
     check_ok(res, f"the Python API run ({dtype})")
     line = [ln for ln in res["stdout"].splitlines() if ln.startswith("{")][-1]
@@ -617,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated parts to leave out: invocations, batch, api (rows become null)")
     p.add_argument("--profile", action="store_true",
                    help="also write a torch.profiler operator table of one generate per batch size")
+    p.add_argument("--profile-only", action="store_true",
+                   help="only load through the API and profile one request at batch size 1 and 4 "
+                        "(4 new tokens): per-module time of prefill and decode, operator table")
     p.add_argument("--compare-bs4", action="store_true",
                    help="also measure batch size 4 for the --compare-dtypes (default: batch size 1 only)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the API runs (default: torch's)")
@@ -637,6 +690,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
+
+    if args.profile_only:
+        checkpoint, _ = ensure_checkpoint((args.checkpoint_dir or (
+            Path(tempfile.gettempdir()) / f"qwenvl-bench-tiny-{os.getuid()}" if args.quick else DEFAULT_CHECKPOINT
+        )).expanduser().resolve(), args.quick, log)
+        out = args.output or RESULTS / f"profile-{args.device}-{args.dtype}{'-quick' if args.quick else ''}.txt"
+        res = run_api(checkpoint, args.device, args.dtype, args.max_new_tokens, [1, 4], args.timeout,
+                      profile=str(out), threads=args.threads, profile_only=True)
+        for bs, split in res["profile"]["split"].items():
+            print(json.dumps(split))
+        print(f"operator tables: {out}; peak RSS {res['process_max_rss_bytes'] / 2**30:.2f} GiB")
+        return 0
 
     signal.signal(signal.SIGTERM, on_term)
     t_start = time.perf_counter()
