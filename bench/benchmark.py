@@ -596,6 +596,8 @@ def render_table(report: dict) -> str:
                          f"{fmt(d.get('decode_tok_s_bs4')):>16} {fmt(d['images_per_s_bs1']):>9} "
                          f"{fmt(d.get('images_per_s_bs4')):>9} {fmt(gib(d['peak_rss_bytes'])):>12} "
                          f"{fmt(d['rss_over_weights']):>11}")
+    if not report.get("complete"):
+        report.setdefault("notes", []).append("INCOMPLETE run: the parts not reached show n/a")
     if report.get("notes"):
         lines.append("")
         lines.extend(f"note: {n}" for n in report["notes"])
@@ -674,10 +676,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure batch size 4 for the --compare-dtypes (default: batch size 1 only)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the API runs (default: torch's)")
     p.add_argument("--timeout", type=float, default=3600, help="per-process limit in seconds (default: %(default)s)")
+    p.add_argument("--show", type=Path, metavar="JSON", help="print the table of an earlier report and exit")
     p.add_argument("--_build", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--_api", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.show:
+        print(render_table(json.loads(args.show.read_text())))
+        return 0
     if args._build:
         (build_tiny_checkpoint if args.quick else build_full_checkpoint)(args._build)
         return 0
