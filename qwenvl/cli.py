@@ -282,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     stderr = sys.stderr
     previous = _install_signal_handlers()
     try:
-        args = validate(build_parser().parse_args(argv))
+        try:
+            args = validate(build_parser().parse_args(argv))
+        except SystemExit as done:  # --help and --version print, then exit 0
+            return done.code if isinstance(done.code, int) else 0
         return run(args)
     except UsageError as exc:
         print(f"error: {exc} (see --help)", file=stderr)

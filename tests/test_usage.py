@@ -67,6 +67,13 @@ def test_help_is_instant_and_imports_no_torch():
     assert out.stdout.strip() == "[]"
 
 
+def test_help_and_version_return_zero_in_process(cli):
+    r = cli("--version")
+    assert r.code == 0 and r.out.startswith("predict.py ")
+    h = cli("--help")
+    assert h.code == 0 and "--max-new-tokens" in h.out and h.err == ""
+
+
 def test_predict_py_entry_exit_codes(tmp_path):
     r = subprocess.run([sys.executable, "predict.py", "--task", "vqa", "--image", "a.jpg"], cwd=ROOT,
                        capture_output=True, text=True)
