@@ -269,14 +269,13 @@ _qv_csv() {
 }
 
 _qv_gpu_args() {  # sets GPU_ARGS and GPU_WHAT
-  local want="${QWENVL_GPUS:-auto}" runtimes
+  local want="${QWENVL_GPUS:-auto}"
   GPU_ARGS=()
   case "$want" in
     none|off|cpu|no|0|false)
       GPU_WHAT="on the CPU (QWENVL_GPUS=$want)" ;;
     auto)
-      runtimes="$(docker info --format '{{json .Runtimes}}' 2>/dev/null || true)"
-      if printf '%s' "$runtimes" | grep -q '"nvidia'; then
+      if printf '%s' "$_QV_INFO" | grep -q '"nvidia'; then
         GPU_ARGS=(--gpus all)
         GPU_WHAT="on the GPU (NVIDIA runtime found; QWENVL_GPUS=none for the CPU)"
       elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -299,12 +298,11 @@ _qv_gpu_args() {  # sets GPU_ARGS and GPU_WHAT
 # than the code. Returns non-zero when it cannot be had.
 _qv_ensure_image() {
   local image="$1" here="$2" label
-  if ! docker image inspect "$image" >/dev/null 2>&1; then
+  if ! label="$(docker image inspect --format '{{index .Config.Labels "org.qwenvl.source"}}' "$image" 2>/dev/null)"; then
     _qv_note "image $image not found: building it (first use; see build.sh)..."
     QWENVL_IMAGE="$image" bash "$here/build.sh" >/dev/null || return 1
     return 0
   fi
-  label="$(docker image inspect --format '{{index .Config.Labels "org.qwenvl.source"}}' "$image" 2>/dev/null || true)"
   if [ -n "$label" ] && [ "$label" != "<no value>" ] && [ "$label" != "$(qwenvl_source_hash "$here")" ]; then
     _qv_note "warning: image $image was built from other sources than this checkout: run bash build.sh to update it"
   fi
@@ -335,9 +333,11 @@ docker_predict() {
 
   # The calling user, so that outputs belong to them. Rootless Docker maps the
   # container's root to the calling user already.
+  # One question to the engine: its runtimes (GPU) and security options (rootless).
+  _QV_INFO="$(docker info --format '{{json .Runtimes}} {{json .SecurityOptions}}' 2>/dev/null || true)"
   user="${QWENVL_DOCKER_USER:-}"
   if [ -z "$user" ]; then
-    if [ "$dry" != 1 ] && docker info --format '{{.SecurityOptions}}' 2>/dev/null | grep -q rootless; then
+    if printf '%s' "$_QV_INFO" | grep -q rootless; then
       user=0:0
     else
       user="$(id -u):$(id -g)"
