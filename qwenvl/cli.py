@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on images, PDFs and video.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # predict.sh maps flags to mounts: no shortened spellings
     )
     src = p.add_argument_group("inputs")
     src.add_argument("--image", action="append", default=[], metavar="SRC",

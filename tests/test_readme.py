@@ -62,7 +62,7 @@ def test_readme_predict_commands_run(cli, tiny_model, tmp_path, monkeypatch):
             continue
         if not command.startswith("bash predict.sh") or NEEDS_NETWORK in command:
             continue
-        argv = shlex.split(command)[2:]
+        argv = shlex.split(command, comments=True)[2:]
         stdin = b""
         if "<" in argv:
             at = argv.index("<")
