@@ -103,8 +103,10 @@ def quantize_int8(model, path: str | None = None) -> int:
     reader = _WeightReader(path) if path else None
     tied = _tied_source(model)
     count = 0
+    names = int8_linear_names(model)
+    names.sort(key=lambda n: n != "lm_head")  # the largest first, while little else is allocated
     try:
-        for name in int8_linear_names(model):
+        for name in names:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             linear = getattr(parent, child)
@@ -118,10 +120,9 @@ def quantize_int8(model, path: str | None = None) -> int:
                 weight = linear.weight.detach()
             fresh = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
                                     device="meta")
-            fresh.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=False)
+            fresh.weight = torch.nn.Parameter(_quantize_rows(weight.to(dtype), config), requires_grad=False)
             if linear.bias is not None:
                 fresh.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-            quantize_(fresh, config)
             setattr(parent, child, Int8Linear(fresh))
             del linear, fresh, weight
             count += 1
@@ -135,7 +136,53 @@ def quantize_int8(model, path: str | None = None) -> int:
         if text_config is not None:
             text_config.tie_word_embeddings = False
     model.qwenvl_quantize = "int8"
+    _release_freed_memory()
     return count
+
+
+# Rows quantized at once: torchao works in float32, so a whole lm_head (151936
+# rows) would need several GB of temporaries. Per-row scales make the result
+# identical to quantizing the whole matrix at once.
+QUANTIZE_CHUNK_ROWS = 4096
+
+
+def _quantize_rows(weight, config, chunk_rows: int | None = None):
+    """torchao's Int8Tensor (per-row int8 + scales) for `weight`, made a block of rows at a time."""
+    import torch
+    from torchao.quantization import Int8Tensor, quantize_
+
+    chunk_rows = chunk_rows or QUANTIZE_CHUNK_ROWS
+    rows, cols = weight.shape
+    qdata = scale = first = None
+    for start in range(0, rows, chunk_rows):
+        part = weight[start:start + chunk_rows]
+        block = torch.nn.Linear(cols, part.shape[0], bias=False, device="meta")
+        block.weight = torch.nn.Parameter(part.contiguous(), requires_grad=False)
+        quantize_(block, config)
+        q = block.weight
+        if rows <= chunk_rows:
+            return q
+        if first is None:
+            first = q
+            qdata = torch.empty((rows, cols), dtype=q.qdata.dtype)
+            scale = torch.empty((rows, *q.scale.shape[1:]), dtype=q.scale.dtype)
+        qdata[start:start + part.shape[0]] = q.qdata
+        scale[start:start + part.shape[0]] = q.scale
+        del block, q
+    return Int8Tensor(qdata, scale, [1, cols], first.dtype, act_quant_kwargs=first.act_quant_kwargs,
+                      reduce_range=getattr(first, "reduce_range", False))
+
+
+def _release_freed_memory() -> None:
+    """Give the quantization temporaries back to the OS (glibc keeps freed heap otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _tied_source(model) -> str | None:

@@ -152,3 +152,20 @@ def test_unknown_quantize_value_is_refused(tiny_model):
 
     with pytest.raises(ModelError, match="--quantize int4"):
         load_model(tiny_model, "bfloat16", "cpu", "int4")
+
+
+def test_chunked_quantization_equals_whole_matrix_quantization():
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    from qwenvl.accel import _quantize_rows
+
+    torch.manual_seed(0)
+    weight = torch.randn(50, 64, dtype=torch.bfloat16)
+    config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    whole = _quantize_rows(weight, config, chunk_rows=1000)
+    chunked = _quantize_rows(weight, config, chunk_rows=7)
+    assert torch.equal(whole.qdata, chunked.qdata) and torch.equal(whole.scale, chunked.scale)
+    assert list(chunked.block_size) == list(whole.block_size) and chunked.dtype == whole.dtype
+    x = torch.randn(2, 20, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(torch.nn.functional.linear(x, whole), torch.nn.functional.linear(x, chunked))
