@@ -10,7 +10,7 @@ import json
 import sys
 
 from .errors import EXIT_OK, QwenVLError
-from .inputs import PdfInput, load_image_source
+from .inputs import PdfInput, load_image_source, redact
 from .outputs import atomic_write, write_stdout
 from .prompts import assistant_turn, build_messages, user_turn
 
@@ -24,7 +24,7 @@ def run_chat(args, log, session, media, sources, stored_history, history) -> int
     opts = load_options(args)
     stored = list(stored_history)  # as written by /save (sources, not pixels)
     turns = list(history)  # what the model sees (PIL images)
-    pending = [(m, s) for m, s in zip(media, sources)]
+    pending = list(zip(media, sources))  # sources are already redacted by the runner
     err = sys.stderr
 
     def say(message: str) -> None:
@@ -56,7 +56,7 @@ def run_chat(args, log, session, media, sources, stored_history, history) -> int
                     if isinstance(loaded, PdfInput):
                         loaded.close()
                         raise QwenVLError(f"{arg}: PDFs cannot be attached in a chat; use --image FILE.pdf")
-                    pending.append((loaded, arg))
+                    pending.append((loaded, redact(arg)))
                     say(f"attached {loaded.source} ({loaded.width}x{loaded.height})")
                 except QwenVLError as exc:
                     say(f"error: {exc}")

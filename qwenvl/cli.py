@@ -220,6 +220,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     args.page_list = parse_pages(args.pages) if args.pages else None
     if args.fps > 60:
         raise UsageError(f"--fps {args.fps} is above 60")
+    if args.max_frames > 768:
+        raise UsageError(f"--max-frames {args.max_frames} is above 768, Qwen3-VL's limit")
     if args.history and len(args.sources) and any(s.lower().endswith(".pdf") for s in args.sources):
         raise UsageError("--history cannot be combined with a PDF (each page is its own answer)")
     if args.batch is None:

@@ -43,12 +43,17 @@ def render_txt(record: dict) -> str:
     return display_text(record) + "\n"
 
 
+def _utf8_safe(text: str) -> str:
+    """Undecodable bytes in file names (surrogate escapes) become \\udcXX escapes: valid UTF-8 JSON."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def render_json(record: dict) -> str:
-    return json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    return _utf8_safe(json.dumps(record, indent=2, ensure_ascii=False)) + "\n"
 
 
 def render_jsonl(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return _utf8_safe(json.dumps(record, ensure_ascii=False)) + "\n"
 
 
 RENDERERS = {"txt": render_txt, "json": render_json, "jsonl": render_jsonl}

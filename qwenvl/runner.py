@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, QwenVLError, UsageError
-from .inputs import LoadOptions, Media, PdfInput, data_uri, load_image_source, load_video, read_bytes
+from .inputs import LoadOptions, Media, PdfInput, data_uri, load_image_source, load_video, read_bytes, redact
 from .outputs import atomic_write, atomic_write_bytes, page_marker, render, write_stdout
 from .prompts import (
     VIDEO_FRAME_MAX_PIXELS,
@@ -272,7 +272,7 @@ def run(args) -> int:
             pdfs.append(loaded)
         else:
             media.append(loaded)
-            stored_sources.append(data_uri(stdin_bytes) if src == "-" else src)
+            stored_sources.append(data_uri(stdin_bytes) if src == "-" else _storable(src, log))
             for note in loaded.notes:
                 log.warn(f"{loaded.source}: {note}")
     if pdfs and media:
@@ -291,6 +291,8 @@ def run(args) -> int:
             raise UsageError("--video cannot be combined with a PDF")
         video = load_video(args.video, opts, args.fps, args.max_frames)
         log(f"video {video.source}: {len(video.frames)} frames at {video.sample_fps:g} fps")
+        for note in video.notes:
+            log.warn(f"{video.source}: {note}")
     stored_history, history = ([], [])
     if args.history:
         stored_history, history = load_history(args, opts)
@@ -319,6 +321,8 @@ def run(args) -> int:
                          "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "error": None}
                 try:
                     page = pdf.render(number)
+                    for note in page.notes:
+                        log.warn(f"{pdf.source} page {number}: {note}")
                     record["inputs"].append(page.describe())
                     messages = build_messages(prompt, images=[page.image], system=args.system,
                                               min_pixels=args.min_pixels, max_pixels=args.max_pixels)
@@ -370,12 +374,20 @@ def run(args) -> int:
         _emit(record, args)  # a failed parse prints no text result; its JSON record keeps the raw answer
     if args.history and record.get("finish_reason"):
         new_turns = stored_history + [
-            user_turn(stored_sources, prompt, video=args.video if args.video else None),
+            user_turn(stored_sources, prompt, video=_storable(args.video, log) if args.video else None),
             assistant_turn(record["text"]),
         ]
         atomic_write(args.history, json.dumps(new_turns, indent=2, ensure_ascii=False) + "\n")
     log(f"done in {record['timings']['total_s']:.1f} s")
     return exit_code
+
+
+def _storable(source: str, log) -> str:
+    """A source as written to a history file: a URL's user:password is never stored."""
+    safe = redact(source)
+    if safe != source:
+        log.warn(f"{safe}: the URL's user:password is not stored in the history file")
+    return safe
 
 
 def _stdout_streamer():

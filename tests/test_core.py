@@ -277,3 +277,23 @@ def test_max_pixels_bounds_tokens(run_tiny, tmp_path):
     assert r.code == 0, r
     assert r.json["inputs"][0]["width"] == 4000  # the original size is reported
     assert r.json["usage"]["prompt_tokens"] < 64 + 40  # at most 64 visual tokens, plus the text
+
+
+def test_history_never_stores_url_credentials(run_tiny, http_server, media, tmp_path):
+    http_server.routes["/p.jpg"] = (200, {"Content-Type": "image/jpeg"}, Path(media["jpeg"]).read_bytes())
+    url = http_server.url.replace("http://", "http://user:s3cret@") + "/p.jpg"
+    hist = tmp_path / "h.json"
+    r = run_tiny("--image", url, "--history", hist)
+    assert r.code == 0, r
+    assert "s3cret" not in hist.read_text() and "s3cret" not in r.err and "s3cret" not in r.out
+    assert json.loads(hist.read_text())[0]["content"][0]["image"] == http_server.url + "/p.jpg"
+
+
+def test_undecodable_file_name_gives_valid_json(run_tiny, media, tmp_path):
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.jpg"))
+    odd.write_bytes(Path(media["jpeg"]).read_bytes())
+    out = tmp_path / "r.json"
+    r = run_tiny("--image", odd, "--output", out)
+    assert r.code == 0, r
+    rec = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8
+    assert rec["inputs"][0]["source"].endswith("caf\udce9.jpg")
