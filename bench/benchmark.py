@@ -117,7 +117,6 @@ def build_full_checkpoint(out: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     import make_tiny_model as tiny
     from transformers import (
-        GenerationConfig,
         Qwen2VLImageProcessor,
         Qwen3VLForConditionalGeneration,
         Qwen3VLProcessor,
@@ -136,16 +135,7 @@ def build_full_checkpoint(out: Path) -> Path:
         model = Qwen3VLForConditionalGeneration(config).eval()
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.8,
-        top_k=20,
-        repetition_penalty=1.0,
-    )
+    model.generation_config = tiny.generation_config(ids)
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out, safe_serialization=True)
     del model

@@ -1025,3 +1025,18 @@ def parse_pages(spec: str) -> list[int]:
 
 def data_uri(data: bytes, mime: str = "application/octet-stream") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def read_json_file(path: str, name: str):
+    """A small JSON file (a history, a schema), or an InputError naming it and the cause."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(path, f"no such {name} file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the {name} ({getattr(exc, 'strerror', None) or exc})") from None

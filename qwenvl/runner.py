@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_FAILURE, EXIT_OK, InputError, OutputError, QwenVLError, UsageError
-from .inputs import LoadOptions, Media, PdfInput, data_uri, load_image_source, load_video, read_bytes, redact
+from .inputs import LoadOptions, Media, PdfInput, data_uri, load_image_source, load_video, read_bytes, read_json_file, redact
 from .outputs import atomic_write, atomic_write_bytes, page_marker, render, write_stdout
 from .prompts import (
     VIDEO_FRAME_MAX_PIXELS,
@@ -114,13 +114,7 @@ def load_history(args, opts: LoadOptions) -> tuple[list[dict], list[dict]]:
     path = args.history
     if not os.path.exists(path):
         return [], []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            turns = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the history ({getattr(exc, 'strerror', None) or exc})") from None
+    turns = read_json_file(path, "history")
     if not isinstance(turns, list):
         raise InputError(path, "a history file holds a JSON list of chat messages")
     loaded = []

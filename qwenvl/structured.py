@@ -9,6 +9,7 @@ import json
 import re
 
 from .errors import InputError, QwenVLError
+from .inputs import read_json_file
 
 GROUND_PROMPT = (
     "Locate {target} in the image. Output a JSON list with one object per instance found: "
@@ -138,15 +139,7 @@ def annotate(image, objects: list[dict]):
 def load_schema(path: str) -> dict:
     import jsonschema
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            schema = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(path, "no such schema file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"the schema is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the schema ({getattr(exc, 'strerror', None) or exc})") from None
+    schema = read_json_file(path, "schema")
     if not isinstance(schema, dict):
         raise InputError(path, "a JSON Schema is a JSON object")
     try:

@@ -98,7 +98,6 @@ def build(out_dir: str | Path, loop: bool = False, stop: bool = False, script: s
           seed: int = 0) -> Path:
     import torch
     from transformers import (
-        GenerationConfig,
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
@@ -163,17 +162,7 @@ def build(out_dir: str | Path, loop: bool = False, stop: bool = False, script: s
         _make_scripted(model, tokenizer, script)
     else:
         _prefer_words(model, tokenizer, stop=stop)
-    # Like the real checkpoint, sampling is the default generation config.
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=True,
-        temperature=0.7,
-        top_p=0.8,
-        top_k=20,
-        repetition_penalty=1.0,
-    )
+    model.generation_config = generation_config(ids)
     model.save_pretrained(out, safe_serialization=True)
 
     image_processor = Qwen2VLImageProcessor(
@@ -199,6 +188,22 @@ def build(out_dir: str | Path, loop: bool = False, stop: bool = False, script: s
     )
     processor.save_pretrained(out)
     return out
+
+
+def generation_config(ids: dict):
+    """Like the real checkpoint's generation_config.json: sampling is the default."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.0,
+    )
 
 
 def _prefer_words(model, tokenizer, stop: bool = False) -> None:
