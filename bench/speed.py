@@ -157,7 +157,8 @@ def worker(spec: dict) -> dict:
         if i == 0:
             logits = torch.stack(rec.logits)
             if ref is None:
-                torch.save({"tokens": rec.choices, "logits": logits}, spec["save_reference"])
+                if spec.get("save_reference"):
+                    torch.save({"tokens": rec.choices, "logits": logits}, spec["save_reference"])
             else:
                 ref_logits = ref["logits"]
                 finite = torch.isfinite(logits) & torch.isfinite(ref_logits)  # eos masked by min_new_tokens

@@ -169,3 +169,82 @@ def test_chunked_quantization_equals_whole_matrix_quantization():
     x = torch.randn(2, 20, 64, dtype=torch.bfloat16)
     with torch.inference_mode():
         assert torch.equal(torch.nn.functional.linear(x, whole), torch.nn.functional.linear(x, chunked))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_cpu_decode_attention_computes_what_sdpa_computes(mask_kind):
+    """One query row per sequence (decode): grouped-query heads, left padding masks, batch of 2."""
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from qwenvl.accel import cpu_decode_attention
+
+    torch.manual_seed(0)
+    module = types.SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    q, k, v = torch.randn(2, 8, 1, 32), torch.randn(2, 4, 23, 32), torch.randn(2, 4, 23, 32)
+    keep = torch.ones(2, 1, 1, 23, dtype=torch.bool)
+    keep[1, ..., :9] = False  # the second sequence is left-padded
+    mask = {"none": None, "bool": keep,
+            "additive": torch.zeros(2, 1, 1, 23).masked_fill(~keep, float("-inf"))}[mask_kind]
+    got, _ = cpu_decode_attention(module, q, k, v, mask, scaling=0.2)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.2)
+    assert got.shape == ref.shape == (2, 1, 8, 32)
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+
+
+def test_cpu_decode_attention_leaves_prefill_to_sdpa():
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from qwenvl.accel import cpu_decode_attention
+
+    module = types.SimpleNamespace(num_key_value_groups=1, is_causal=True, training=False)
+    q = k = v = torch.randn(1, 2, 5, 16)
+    got, _ = cpu_decode_attention(module, q, k, v, None)
+    ref, _ = sdpa_attention_forward(module, q, k, v, None)
+    assert torch.equal(got, ref)
+
+
+def test_cpu_load_routes_the_language_model_to_decode_attention(tiny_model):
+    """Batched greedy generation (left padding): the same tokens and scores as stock sdpa (float32)."""
+    from transformers import AutoProcessor
+
+    from qwenvl.accel import CPU_ATTENTION, load_model
+
+    model = load_model(tiny_model, "float32", "cpu", "none")
+    assert model.config.text_config._attn_implementation == CPU_ATTENTION
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    processor.tokenizer.padding_side = "left"
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": t}]}],
+                                           tokenize=False, add_generation_prompt=True)
+             for t in ("hi", "a much longer question about the weather today")]
+    inputs = processor(text=texts, return_tensors="pt", padding=True)
+    outputs = {}
+    for impl in (CPU_ATTENTION, "sdpa"):
+        model.config.text_config._attn_implementation = impl
+        with torch.inference_mode():
+            outputs[impl] = model.generate(**inputs, do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                                           output_logits=True, return_dict_in_generate=True)
+    ours, stock = outputs[CPU_ATTENTION], outputs["sdpa"]
+    assert torch.equal(ours.sequences, stock.sequences)
+    for a, b in zip(ours.logits, stock.logits):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_int8_prefill_kernel_follows_torchaos_scheme():
+    """Many rows: our per-token int8 x int8 product agrees with torchao's own path for the same weights."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from qwenvl.accel import Int8Linear
+
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(512, 256, bias=False).to(torch.bfloat16)
+    quantize_(linear, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    layer = Int8Linear(linear)
+    x = torch.randn(64, 512, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ours, theirs = layer(x).float(), torch.nn.functional.linear(x, layer.weight).float()
+    assert ((ours - theirs).norm() / theirs.norm()).item() < 0.02
