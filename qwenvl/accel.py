@@ -43,7 +43,7 @@ INT8_DECODE_MAX_ROWS = 16
 TORCHAO_PIN = "torchao==0.18.0"
 
 
-def load_model(path: str, dtype: str, device: str, quantize: str = "none"):
+def load_model(path: str, dtype: str, device: str, quantize: str = "none", log=lambda s: None):
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -62,7 +62,7 @@ def load_model(path: str, dtype: str, device: str, quantize: str = "none"):
         trust_remote_code=False,
     ).eval()
     if quantize == "int8":
-        quantize_int8(model, path)
+        load_or_quantize_int8(model, path, log)
     if device == "cpu":
         use_cpu_decode_attention(model)
     return model
@@ -157,6 +157,145 @@ def int8_linear_names(model) -> list[str]:
     return names
 
 
+# --- the int8 weight cache ------------------------------------------------------
+#
+# Quantizing the 197 weights takes about 14 s on 2 cores; the result is kept
+# in one safetensors file per checkpoint (1.7 GB for the 2B model) so that the
+# next run maps it instead (about 1 s). Key: the checkpoint's weight files
+# (resolved path, size, mtime), torch and torchao versions, the format below.
+# QWENVL_INT8_CACHE: unset -> $HF_HOME/qwenvl-int8 (~/.cache/huggingface/...),
+# "0" -> no cache, anything else -> that folder.
+
+INT8_CACHE_FORMAT = 1
+
+
+def int8_cache_file(path: str) -> Path | None:
+    import hashlib
+    import os
+
+    import torch
+    import torchao
+
+    setting = os.environ.get("QWENVL_INT8_CACHE", "")
+    if setting.strip().lower() in ("0", "off", "no", "false"):
+        return None
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        st = file.stat()
+        digest.update(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    digest.update(f"{INT8_CACHE_FORMAT}|{torch.__version__}|{torchao.__version__}".encode())
+    if setting:
+        root = Path(setting).expanduser()
+    else:
+        root = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "qwenvl-int8"
+    return root / f"{Path(path).name or 'model'}-{digest.hexdigest()[:20]}.safetensors"
+
+
+def load_or_quantize_int8(model, path: str, log=lambda s: None) -> int:
+    """Int8 weights from the cache when a valid one exists, else quantize and (try to) cache them."""
+    cache = int8_cache_file(path)
+    if cache is not None and cache.is_file():
+        try:
+            count = _load_int8_cache(model, cache)
+            log(f"int8: weights from {cache}")
+            return count
+        except Exception as exc:  # a torn or foreign file: quantize again and replace it
+            log(f"warning: ignoring int8 cache {cache} ({type(exc).__name__}: {exc}); quantizing again")
+    import time
+
+    t0 = time.perf_counter()
+    count = quantize_int8(model, path)
+    t1 = time.perf_counter()
+    log(f"int8: quantized {count} linear layers in {t1 - t0:.1f} s")
+    if cache is not None:
+        try:
+            _save_int8_cache(model, cache)
+            log(f"int8: weights cached in {cache} in {time.perf_counter() - t1:.1f} s "
+                "(next load maps them; QWENVL_INT8_CACHE=0 turns this off)")
+        except OSError as exc:
+            log(f"warning: cannot cache int8 weights in {cache}: {exc.strerror or exc}")
+    return count
+
+
+_SAFETENSORS_DTYPES = {"int8": "I8", "float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def _save_int8_cache(model, cache: Path) -> None:
+    """Write the int8 weights as one safetensors file, streamed tensor by tensor, atomically.
+
+    (safetensors.torch.save_file first builds the whole 1.7 GB file in memory.)
+    """
+    import os
+
+    import torch
+
+    tensors = []
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            tensors.append((name + ".qdata", module._qdata.contiguous()))
+            tensors.append((name + ".scale", module.weight.scale.contiguous()))
+    header, offset = {"__metadata__": {"format": f"qwenvl-int8-{INT8_CACHE_FORMAT}"}}, 0
+    for key, t in tensors:
+        size = t.numel() * t.element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")],
+                       "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for _, t in tensors:
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        os.replace(tmp, cache)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_int8_cache(model, cache: Path) -> int:
+    import torch
+    from safetensors import safe_open
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8Tensor
+
+    names = int8_linear_names(model)
+    template = _quantize_rows(torch.zeros(1, 8, dtype=torch.bfloat16),
+                              Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    layers = {}
+    with safe_open(str(cache), "pt") as f:
+        if (f.metadata() or {}).get("format") != f"qwenvl-int8-{INT8_CACHE_FORMAT}":
+            raise ValueError("not a qwenvl int8 cache of this format")
+        keys = set(f.keys())
+        for name in names:
+            linear = model.get_submodule(name)
+            qdata, scale = f.get_tensor(name + ".qdata"), f.get_tensor(name + ".scale")
+            if (qdata.dtype != torch.int8 or tuple(qdata.shape) != (linear.out_features, linear.in_features)
+                    or scale.shape[0] != linear.out_features):
+                raise ValueError(f"{name}: shape or dtype differs from the model")
+            keys -= {name + ".qdata", name + ".scale"}
+            weight = Int8Tensor(qdata, scale, [1, linear.in_features], linear.weight.dtype,
+                                act_quant_kwargs=template.act_quant_kwargs,
+                                reduce_range=getattr(template, "reduce_range", False))
+            fresh = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                    device="meta")
+            fresh.weight = torch.nn.Parameter(weight, requires_grad=False)
+            if linear.bias is not None:
+                fresh.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+            layers[name] = Int8Linear(fresh)
+        if keys:
+            raise ValueError(f"{len(keys)} tensors the model does not have")
+    for name, layer in layers.items():  # all checked: only now change the model
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    _mark_int8(model)
+    return len(layers)
+
+
 def quantize_int8(model, path: str | None = None) -> int:
     """Replace the language model's linear layers by Int8Linear; returns how many."""
     import torch
@@ -193,15 +332,19 @@ def quantize_int8(model, path: str | None = None) -> int:
     finally:
         if reader is not None:
             reader.close()
-    if "lm_head" in int8_linear_names(model) or isinstance(getattr(model, "lm_head", None), Int8Linear):
+    _mark_int8(model)
+    _release_freed_memory()
+    return count
+
+
+def _mark_int8(model) -> None:
+    if isinstance(getattr(model, "lm_head", None), Int8Linear):
         # the lm_head is no longer the embedding matrix: do not let anyone re-tie them
         model.config.tie_word_embeddings = False
         text_config = getattr(model.config, "text_config", None)
         if text_config is not None:
             text_config.tie_word_embeddings = False
     model.qwenvl_quantize = "int8"
-    _release_freed_memory()
-    return count
 
 
 # Rows quantized at once: torchao works in float32, so a whole lm_head (151936

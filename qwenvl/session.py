@@ -175,7 +175,7 @@ class ModelSession:
         self.quantize = quantize
         try:
             self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=False)
-            self.model = load_model(self.path, self.dtype, self.device, quantize)
+            self.model = load_model(self.path, self.dtype, self.device, quantize, log)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"cannot load model {model!r} from {self.path}: {first}") from None

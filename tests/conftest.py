@@ -22,6 +22,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
 os.environ.pop("QWENVL_MODEL", None)
+# --quantize int8 caches its weights: in a folder of this test session, never the user's cache
+_INT8_CACHE = __import__("tempfile").TemporaryDirectory(prefix="qwenvl-test-int8-")
+os.environ["QWENVL_INT8_CACHE"] = _INT8_CACHE.name
 
 
 @pytest.fixture(scope="session")

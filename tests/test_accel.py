@@ -248,3 +248,77 @@ def test_int8_prefill_kernel_follows_torchaos_scheme():
     with torch.inference_mode():
         ours, theirs = layer(x).float(), torch.nn.functional.linear(x, layer.weight).float()
     assert ((ours - theirs).norm() / theirs.norm()).item() < 0.02
+
+
+def _last_logits(model, tiny_model):
+    return _logits(model, _inputs(tiny_model))[0, -1]
+
+
+def test_int8_weights_are_cached_and_the_cache_gives_the_same_model(tiny_model, tmp_path, monkeypatch):
+    from qwenvl.accel import Int8Linear, int8_cache_file, load_model
+
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache"))
+    logs = []
+    fresh = load_model(tiny_model, "bfloat16", "cpu", "int8", log=logs.append)
+    cache = int8_cache_file(tiny_model)
+    assert cache.parent == tmp_path / "cache" and cache.is_file()
+    assert any("quantized" in m for m in logs) and any(f"cached in {cache}" in m for m in logs)
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    logs.clear()
+    cached = load_model(tiny_model, "bfloat16", "cpu", "int8", log=logs.append)
+    assert logs == [f"int8: weights from {cache}"]
+    assert sum(isinstance(m, Int8Linear) for m in cached.modules()) == \
+        sum(isinstance(m, Int8Linear) for m in fresh.modules())
+    assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
+
+
+def test_a_torn_int8_cache_is_replaced_not_trusted(tiny_model, tmp_path, monkeypatch):
+    from qwenvl.accel import int8_cache_file, load_model
+
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path))
+    reference = _last_logits(load_model(tiny_model, "bfloat16", "cpu", "int8"), tiny_model)
+    cache = int8_cache_file(tiny_model)
+    size = cache.stat().st_size
+    with open(cache, "r+b") as f:  # as if the writer had been killed half-way (no atomic rename)
+        f.truncate(size // 2)
+    logs = []
+    model = load_model(tiny_model, "bfloat16", "cpu", "int8", log=logs.append)
+    assert any(m.startswith(f"warning: ignoring int8 cache {cache}") for m in logs), logs
+    assert cache.stat().st_size == size
+    assert torch.equal(_last_logits(model, tiny_model), reference)
+
+
+def test_int8_cache_can_be_turned_off_and_an_unwritable_one_only_warns(tiny_model, tmp_path, monkeypatch):
+    from qwenvl.accel import int8_cache_file, load_model
+
+    monkeypatch.setenv("QWENVL_INT8_CACHE", "0")
+    assert int8_cache_file(tiny_model) is None
+    logs = []
+    load_model(tiny_model, "bfloat16", "cpu", "int8", log=logs.append)
+    assert not any("cache" in m for m in logs), logs
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(blocker / "cache"))
+    logs.clear()
+    model = load_model(tiny_model, "bfloat16", "cpu", "int8", log=logs.append)
+    assert any(m.startswith("warning: cannot cache int8 weights") for m in logs), logs
+    assert getattr(model, "qwenvl_quantize", None) == "int8"
+
+
+def test_int8_cache_key_follows_the_checkpoint_files(tiny_model, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from qwenvl.accel import int8_cache_file
+
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    first = int8_cache_file(str(copy))
+    weights = next(copy.glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the checkpoint changed
+    assert int8_cache_file(str(copy)) != first
+    assert int8_cache_file(str(copy)) != int8_cache_file(tiny_model)
