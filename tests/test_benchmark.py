@@ -49,3 +49,33 @@ def test_benchmark_quick_writes_every_row(tmp_path):
                for r in report["detail"]["invocations"]["runs"])
     assert set(report["dtypes"]) == {"bfloat16", "float32"}
     assert "dtype comparison" in proc.stdout
+
+
+@pytest.mark.slow
+def test_speed_script_measures_every_path_on_the_tiny_checkpoint(tiny_model, tmp_path):
+    """bench/speed.py end to end (4 short processes): every variant measured, ratios and checks computed."""
+    out = tmp_path / "speed.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "speed.py"), "--checkpoint", tiny_model, "--runs", "1",
+         "--tokens", "3", "--agree-steps", "3", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"stock", "bf16", "int8", "int8-cached"}
+    for name, r in report["results"].items():
+        for key in ("import_s", "load_s", "ready_s", "prefill_s", "decode_tok_s", "peak_rss_gb"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, (name, key)
+        assert (r["int8_linears"] > 0) == name.startswith("int8"), name
+        if name != "stock":
+            a = r["agreement"]
+            assert a["steps"] == 3 and 0 <= a["greedy_agreement"] <= 1 and a["rel_logit_error_prompt"] >= 0
+    # the cached run maps the file the int8 run wrote: same weights, same logits
+    assert report["results"]["int8-cached"]["agreement"]["rel_logit_error_mean"] == \
+        report["results"]["int8"]["agreement"]["rel_logit_error_mean"]
+    for key in ("load_over_read", "ready_over_read", "int8_decode_over_bf16", "int8_prefill_over_bf16",
+                "int8_cached_load_over_read"):
+        assert math.isfinite(report["ratios"][key]) and report["ratios"][key] > 0, key
+    assert set(report["checks"]) == {"bf16_decode_tok_s", "bf16_prefill_s", "load_over_read",
+                                     "int8_decode_over_bf16", "int8_prefill_over_bf16", "int8_peak_rss_gb"}
+    assert "int8-cached" in proc.stdout and "agreement with stock bf16" in proc.stdout
