@@ -21,8 +21,9 @@ For each: import time (torch, transformers; apart from the load), load time
 (processor + model), ready time (load + the first request's extra prefill
 time: weight pages faulted in from the page cache, kernels set up), prefill
 time (to the first token, after a warm-up, best of the runs), decode tokens/s
-(best run), peak RSS. The stock run's greedy
-tokens and logits over --agree-steps steps are the reference: the other paths
+(best run), peak RSS (of loading and the timed runs). Then, untimed, the
+stock run's greedy tokens and logits over --agree-steps steps are the
+reference: the other paths
 are teacher-forced on those tokens through `generate` (their real decode
 path) and report the relative logit error (first step = the fixed prompt's
 next-token logits, and the mean over all steps) and how many of their own
@@ -155,38 +156,32 @@ def worker(spec: dict) -> dict:
 
     first = run(2)  # warm-up: first touch of every weight page, allocator, kernels
     first_prefill = first.times[0] - first.start
-    ref = None
-    if spec.get("reference"):
-        ref = torch.load(spec["reference"])
-    steps = spec["agree_steps"]
-    timed = []
+    # the timed requests first: the peak RSS is that of loading and serving them,
+    # not of the agreement bookkeeping below (64 steps of full logits)
+    timed = [run(spec["tokens"] + 1) for _ in range(spec["runs"])]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    ref = torch.load(spec["reference"]) if spec.get("reference") else None
+    rec = run(spec["agree_steps"], force=ref["tokens"] if ref is not None else None, keep=True)
+    logits = torch.stack(rec.logits)
     agreement = None
-    for i in range(spec["runs"]):
-        force = ref["tokens"] if ref is not None else None
-        rec = run(steps if i == 0 else spec["tokens"] + 1, force=force, keep=(i == 0))
-        timed.append(rec)
-        if i == 0:
-            logits = torch.stack(rec.logits)
-            if ref is None:
-                if spec.get("save_reference"):
-                    torch.save({"tokens": rec.choices, "logits": logits}, spec["save_reference"])
-            else:
-                ref_logits = ref["logits"]
-                finite = torch.isfinite(logits) & torch.isfinite(ref_logits)  # eos masked by min_new_tokens
-                logits, ref_logits = logits.where(finite, 0.0), ref_logits.where(finite, 0.0)
-                rel = ((logits - ref_logits).norm(dim=-1) / ref_logits.norm(dim=-1)).tolist()
-                agree = sum(int(a == b) for a, b in zip(rec.choices, ref["tokens"]))
-                agreement = {
-                    "steps": len(rec.choices),
-                    "rel_logit_error_prompt": rel[0],
-                    "rel_logit_error_mean": sum(rel) / len(rel),
-                    "rel_logit_error_max": max(rel),
-                    "greedy_agreement": agree / len(rec.choices),
-                    "greedy_agree_count": agree,
-                    "bit_identical": bool(torch.equal(logits, ref_logits)),
-                }
-            del logits
-            rec.logits = []
+    if ref is None:
+        if spec.get("save_reference"):
+            torch.save({"tokens": rec.choices, "logits": logits}, spec["save_reference"])
+    else:
+        ref_logits = ref["logits"]
+        finite = torch.isfinite(logits) & torch.isfinite(ref_logits)  # eos masked by min_new_tokens
+        logits, ref_logits = logits.where(finite, 0.0), ref_logits.where(finite, 0.0)
+        rel = ((logits - ref_logits).norm(dim=-1) / ref_logits.norm(dim=-1)).tolist()
+        agree = sum(int(a == b) for a, b in zip(rec.choices, ref["tokens"]))
+        agreement = {
+            "steps": len(rec.choices),
+            "rel_logit_error_prompt": rel[0],
+            "rel_logit_error_mean": sum(rel) / len(rel),
+            "rel_logit_error_max": max(rel),
+            "greedy_agreement": agree / len(rec.choices),
+            "greedy_agree_count": agree,
+            "bit_identical": bool(torch.equal(logits, ref_logits)),
+        }
     prefill = min(r.times[0] - r.start for r in timed)
     decode = max((len(r.times) - 1) / (r.times[-1] - r.times[0]) for r in timed if len(r.times) > 1)
     from qwenvl.accel import Int8Linear
@@ -204,7 +199,7 @@ def worker(spec: dict) -> dict:
         "prefill_runs_s": [r.times[0] - r.start for r in timed],
         "decode_tok_s": decode,
         "decode_runs_tok_s": [(len(r.times) - 1) / (r.times[-1] - r.times[0]) for r in timed if len(r.times) > 1],
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": peak_rss,
         "rss_after_load_gb": rss_after_load,
         "int8_linears": sum(isinstance(m, Int8Linear) for m in model.modules()),
         "threads": torch.get_num_threads(),
