@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "bfloat16 on cpu (default: auto)")
 
     model.add_argument("--quantize", choices=["none", "int8"], default="none",
-                       help="int8: int8 weights for the language model, CPU only; decodes about 2.4x "
-                            "faster, answers close to but not always the same as bf16 (default: none)")
+                       help="int8: int8 weights for the language model, CPU only; decodes about 2x "
+                            "faster, answers close to but not always the same as bf16; the int8 weights "
+                            "are cached after the first run (default: none)")
 
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",

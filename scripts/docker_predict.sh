@@ -41,7 +41,7 @@ _qv_flag_kind() {
 
 # Variables passed through to the container when set.
 _QV_ENV_VARS="HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_HUB_OFFLINE TRANSFORMERS_OFFLINE HF_ENDPOINT
-  HF_HUB_DISABLE_TELEMETRY QWENVL_MODEL CUDA_VISIBLE_DEVICES
+  HF_HUB_DISABLE_TELEMETRY QWENVL_MODEL QWENVL_INT8_CACHE CUDA_VISIBLE_DEVICES
   HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy"
 
 # Paths the image needs for itself: never mounted over, nor any folder above

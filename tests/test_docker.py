@@ -33,7 +33,8 @@ TEST_IMAGE = "qwenvl-test:latest"
 def _env(**extra) -> dict:
     env = dict(os.environ)
     for name in ("QWENVL_MODE", "QWENVL_IMAGE", "QWENVL_GPUS", "QWENVL_DOCKER_USER", "QWENVL_MODEL",
-                 "QWENVL_DOCKER_DRY_RUN", "QWENVL_HF_CACHE", "BASE_IMAGE", "QWENVL_CA_BUNDLE"):
+                 "QWENVL_DOCKER_DRY_RUN", "QWENVL_HF_CACHE", "BASE_IMAGE", "QWENVL_CA_BUNDLE",
+                 "QWENVL_INT8_CACHE"):
         env.pop(name, None)
     if VENV:
         env["QWENVL_VENV"] = VENV
@@ -152,6 +153,12 @@ def test_dry_run_model_from_environment(tmp_path):
     words = dry_run("--image", "x.jpg", cwd=tmp_path / "cwd", QWENVL_MODEL=model)
     assert mounts(words)[str(model)][1] == "ro"
     assert words[words.index("QWENVL_MODEL") - 1] == "-e"
+
+
+def test_dry_run_passes_the_int8_cache_setting(tmp_path):
+    words = dry_run("--image", "x.jpg", "--quantize", "int8", cwd=tmp_path, QWENVL_INT8_CACHE="0")
+    assert words[words.index("QWENVL_INT8_CACHE") - 1] == "-e"
+    assert "QWENVL_INT8_CACHE" not in dry_run("--image", "x.jpg", cwd=tmp_path)
 
 
 def test_dry_run_never_mounts_over_the_image(tmp_path):
