@@ -98,9 +98,10 @@ def cpu_decode_attention(module, query, key, value, attention_mask, dropout=0.0,
     # float32 scores, bfloat16 probabilities times bfloat16 values: the rounding of sdpa's CPU kernel
     scores = torch.matmul(q.float(), key.transpose(-1, -2).float()) * scale  # (batch, kv_heads, groups, kv_len)
     if attention_mask is not None:
-        mask = attention_mask[..., -kv_len:].reshape(batch, -1, 1, kv_len)  # (batch, 1|heads, 1, kv_len)
+        rows = attention_mask.shape[0]  # batch, or 1 when broadcast
+        mask = attention_mask[..., -kv_len:].reshape(rows, -1, 1, kv_len)  # (rows, 1|heads, 1, kv_len)
         if mask.shape[1] != 1:
-            mask = mask.reshape(batch, kv_heads, groups, kv_len)
+            mask = mask.reshape(rows, kv_heads, groups, kv_len)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:

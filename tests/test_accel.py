@@ -171,7 +171,7 @@ def test_chunked_quantization_equals_whole_matrix_quantization():
         assert torch.equal(torch.nn.functional.linear(x, whole), torch.nn.functional.linear(x, chunked))
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "per-head", "broadcast", "additive"])
 def test_cpu_decode_attention_computes_what_sdpa_computes(mask_kind):
     """One query row per sequence (decode): grouped-query heads, left padding masks, batch of 2."""
     import types
@@ -185,7 +185,9 @@ def test_cpu_decode_attention_computes_what_sdpa_computes(mask_kind):
     q, k, v = torch.randn(2, 8, 1, 32), torch.randn(2, 4, 23, 32), torch.randn(2, 4, 23, 32)
     keep = torch.ones(2, 1, 1, 23, dtype=torch.bool)
     keep[1, ..., :9] = False  # the second sequence is left-padded
-    mask = {"none": None, "bool": keep,
+    per_head = keep.expand(2, 8, 1, 23).clone()
+    per_head[0, 3, ..., 5] = False  # a mask that differs between heads
+    mask = {"none": None, "bool": keep, "per-head": per_head, "broadcast": keep[1:],
             "additive": torch.zeros(2, 1, 1, 23).masked_fill(~keep, float("-inf"))}[mask_kind]
     got, _ = cpu_decode_attention(module, q, k, v, mask, scaling=0.2)
     ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.2)
