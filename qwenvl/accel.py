@@ -221,7 +221,9 @@ def load_or_quantize_int8(model, path: str, log=lambda s: None) -> int:
     return count
 
 
-_SAFETENSORS_DTYPES = {"int8": "I8", "float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+# safetensors dtype names of the float weights _WeightReader reads; the cache adds int8
+_SAFETENSORS_FLOATS = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+_SAFETENSORS_NAMES = {"int8": "I8", **{torch_name: st for st, torch_name in _SAFETENSORS_FLOATS.items()}}
 
 
 def _save_int8_cache(model, cache: Path) -> None:
@@ -241,7 +243,7 @@ def _save_int8_cache(model, cache: Path) -> None:
     header, offset = {"__metadata__": {"format": f"qwenvl-int8-{INT8_CACHE_FORMAT}"}}, 0
     for key, t in tensors:
         size = t.numel() * t.element_size()
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")],
+        header[key] = {"dtype": _SAFETENSORS_NAMES[str(t.dtype).removeprefix("torch.")],
                        "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -262,7 +264,7 @@ def _save_int8_cache(model, cache: Path) -> None:
 def _load_int8_cache(model, cache: Path) -> int:
     import torch
     from safetensors import safe_open
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8Tensor
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
     names = int8_linear_names(model)
     template = _quantize_rows(torch.zeros(1, 8, dtype=torch.bfloat16),
@@ -279,28 +281,18 @@ def _load_int8_cache(model, cache: Path) -> int:
                     or scale.shape[0] != linear.out_features):
                 raise ValueError(f"{name}: shape or dtype differs from the model")
             keys -= {name + ".qdata", name + ".scale"}
-            weight = Int8Tensor(qdata, scale, [1, linear.in_features], linear.weight.dtype,
-                                act_quant_kwargs=template.act_quant_kwargs,
-                                reduce_range=getattr(template, "reduce_range", False))
-            fresh = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                    device="meta")
-            fresh.weight = torch.nn.Parameter(weight, requires_grad=False)
-            if linear.bias is not None:
-                fresh.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-            layers[name] = Int8Linear(fresh)
+            layers[name] = _int8_linear(linear, _int8_tensor(qdata, scale, linear.weight.dtype, template))
         if keys:
             raise ValueError(f"{len(keys)} tensors the model does not have")
     for name, layer in layers.items():  # all checked: only now change the model
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        model.set_submodule(name, layer)
     _mark_int8(model)
     return len(layers)
 
 
 def quantize_int8(model, path: str | None = None) -> int:
     """Replace the language model's linear layers by Int8Linear; returns how many."""
-    import torch
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
     config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
     reader = _WeightReader(path) if path else None
@@ -310,9 +302,7 @@ def quantize_int8(model, path: str | None = None) -> int:
     names.sort(key=lambda n: n != "lm_head")  # the largest first, while little else is allocated
     try:
         for name in names:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            linear = getattr(parent, child)
+            linear = model.get_submodule(name)
             dtype = linear.weight.dtype
             weight = None
             if reader is not None:
@@ -321,13 +311,8 @@ def quantize_int8(model, path: str | None = None) -> int:
                     weight = reader.read(tied)
             if weight is None:  # not in the file under that name: the loaded tensor
                 weight = linear.weight.detach()
-            fresh = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                    device="meta")
-            fresh.weight = torch.nn.Parameter(_quantize_rows(weight.to(dtype), config), requires_grad=False)
-            if linear.bias is not None:
-                fresh.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-            setattr(parent, child, Int8Linear(fresh))
-            del linear, fresh, weight
+            model.set_submodule(name, _int8_linear(linear, _quantize_rows(weight.to(dtype), config)))
+            del linear, weight
             _trim_heap()  # the bf16 read and torchao's float32 temporaries: back to the OS now
             count += 1
     finally:
@@ -357,7 +342,7 @@ QUANTIZE_CHUNK_ROWS = 4096
 def _quantize_rows(weight, config, chunk_rows: int | None = None):
     """torchao's Int8Tensor (per-row int8 + scales) for `weight`, made a block of rows at a time."""
     import torch
-    from torchao.quantization import Int8Tensor, quantize_
+    from torchao.quantization import quantize_
 
     chunk_rows = chunk_rows or QUANTIZE_CHUNK_ROWS
     rows, cols = weight.shape
@@ -377,8 +362,26 @@ def _quantize_rows(weight, config, chunk_rows: int | None = None):
         qdata[start:start + part.shape[0]] = q.qdata
         scale[start:start + part.shape[0]] = q.scale
         del block, q
-    return Int8Tensor(qdata, scale, [1, cols], first.dtype, act_quant_kwargs=first.act_quant_kwargs,
-                      reduce_range=getattr(first, "reduce_range", False))
+    return _int8_tensor(qdata, scale, first.dtype, first)
+
+
+def _int8_tensor(qdata, scale, dtype, like):
+    """A torchao Int8Tensor over per-row int8 data and scales, with the activation settings of `like`."""
+    from torchao.quantization import Int8Tensor
+
+    return Int8Tensor(qdata, scale, [1, qdata.shape[1]], dtype, act_quant_kwargs=like.act_quant_kwargs,
+                      reduce_range=getattr(like, "reduce_range", False))
+
+
+def _int8_linear(linear, weight) -> "Int8Linear":
+    """An Int8Linear with `linear`'s shape and bias and the int8 `weight` (a torchao Int8Tensor)."""
+    import torch
+
+    fresh = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    fresh.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if linear.bias is not None:
+        fresh.bias = torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+    return Int8Linear(fresh)
 
 
 def _release_freed_memory() -> None:
@@ -392,7 +395,7 @@ def _release_freed_memory() -> None:
 _LIBC = []
 
 
-def _trim_heap(*_ignored) -> None:
+def _trim_heap() -> None:
     """glibc's malloc_trim(0): return free heap pages to the OS (a no-op elsewhere).
 
     Freed tensors of a few MB stay in glibc's heap, counted in the resident
@@ -496,8 +499,6 @@ class _WeightReader:
     process's resident set: quantizing from it keeps peak memory low.
     """
 
-    _DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-
     def __init__(self, path: str):
         self.entries: dict[str, tuple[Path, int, dict]] = {}
         self.files: dict[Path, object] = {}
@@ -523,7 +524,7 @@ class _WeightReader:
         if not key or key not in self.entries:
             return None
         file, base, info = self.entries[key]
-        dtype = self._DTYPES.get(info["dtype"])
+        dtype = _SAFETENSORS_FLOATS.get(info["dtype"])
         if dtype is None:
             return None
         start, end = info["data_offsets"]
