@@ -141,23 +141,18 @@ class PdfInput:
             raise InputError(shown, f"outside the document ({self.page_count} pages)")
         page = None
         try:
-            page = self._doc[number - 1]
-            width_pt, height_pt = page.get_size()
-            if not (width_pt >= 1 and height_pt >= 1) or max(width_pt, height_pt) > 1e6:
-                raise InputError(shown, f"the page has no usable size ({width_pt:g} x {height_pt:g} points)")
-            scale = self.dpi / 72.0
-            pixels = width_pt * height_pt * scale * scale
-            if pixels > MAX_PAGE_PIXELS:
-                scale *= (MAX_PAGE_PIXELS / pixels) ** 0.5
-            # A thin strip would render less than one pixel across: keep at least one.
-            scale = max(scale, 1.0 / min(width_pt, height_pt))
-            image = page.render(scale=scale).to_pil().convert("RGB")
-        except InputError:
-            raise
-        except MemoryError:
-            raise InputError(shown, "not enough memory to render the page (try a lower --dpi)") from None
-        except Exception as exc:
-            raise InputError(shown, f"cannot render the page ({_short(exc)})") from None
+            with _failures_as_input_error(shown, "render the page (try a lower --dpi)", "cannot render the page"):
+                page = self._doc[number - 1]
+                width_pt, height_pt = page.get_size()
+                if not (width_pt >= 1 and height_pt >= 1) or max(width_pt, height_pt) > 1e6:
+                    raise InputError(shown, f"the page has no usable size ({width_pt:g} x {height_pt:g} points)")
+                scale = self.dpi / 72.0
+                pixels = width_pt * height_pt * scale * scale
+                if pixels > MAX_PAGE_PIXELS:
+                    scale *= (MAX_PAGE_PIXELS / pixels) ** 0.5
+                # A thin strip would render less than one pixel across: keep at least one.
+                scale = max(scale, 1.0 / min(width_pt, height_pt))
+                image = page.render(scale=scale).to_pil().convert("RGB")
         finally:
             if page is not None:
                 try:
@@ -456,6 +451,20 @@ def _short(exc: BaseException) -> str:
     return text.splitlines()[0][:160] if text.strip() else type(exc).__name__
 
 
+@contextlib.contextmanager
+def _failures_as_input_error(shown: str, out_of_memory: str, failed: str):
+    """Inside: an InputError passes; MemoryError and any other exception (decoders
+    raise many types for broken data) become one InputError naming `shown`."""
+    try:
+        yield
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(shown, f"not enough memory to {out_of_memory}") from None
+    except Exception as exc:
+        raise InputError(shown, f"{failed} ({_short(exc)})") from None
+
+
 # --- images ----------------------------------------------------------------
 
 
@@ -568,14 +577,8 @@ def decode_image(data: bytes, source: str, opts: LoadOptions):
     decoded, very large images are reduced right after decoding (JPEGs while
     decoding), and padding for the aspect ratio never grows an image past
     MAX_PADDED_PIXELS."""
-    try:
+    with _failures_as_input_error(source, "decode the image", "the image data is corrupt"):
         return _decode_image(data, source, opts)
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(source, "not enough memory to decode the image") from None
-    except Exception as exc:  # Pillow raises many types for broken data
-        raise InputError(source, f"the image data is corrupt ({_short(exc)})") from None
 
 
 def _decode_image(data: bytes, source: str, opts: LoadOptions):
@@ -837,14 +840,9 @@ def load_video(src: str, opts: LoadOptions, fps: float, max_frames: int, stdin=N
     that would make FFmpeg read other files or URLs. Frames are downscaled as
     they are decoded, so memory stays bounded whatever the video declares."""
     shown = display_name(src)
-    try:
+    with _failures_as_input_error(shown, "decode the video (try fewer --max-frames)",
+                                  "the video is corrupt or cannot be decoded"):
         return _load_video(src, shown, opts, fps, max_frames, stdin)
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(shown, "not enough memory to decode the video (try fewer --max-frames)") from None
-    except Exception as exc:
-        raise InputError(shown, f"the video is corrupt or cannot be decoded ({_short(exc)})") from None
 
 
 def _load_video(src: str, shown: str, opts: LoadOptions, fps: float, max_frames: int, stdin) -> Media:
@@ -928,10 +926,8 @@ def _decode_video(target, head: bytes, shown: str, fps: float, max_frames: int, 
         if not frames and last is not None:
             size = _frame_size(shown, last.width, last.height, budget, notes)
             frames.append(_frame_image(last, size))
-    except InputError:
-        raise
-    except MemoryError:
-        raise InputError(shown, "not enough memory to decode the video (try fewer --max-frames)") from None
+    except (InputError, MemoryError):
+        raise  # MemoryError: load_video's message
     except Exception as exc:
         where = f" after {len(frames)} frames" if frames else ""
         raise InputError(shown, f"the video is corrupt or cannot be decoded{where} ({_short(exc)})") from None

@@ -695,3 +695,27 @@ def test_body_is_read_in_pieces_with_old_urllib3():
             yield b"c"
 
     assert list(inputs._body_pieces(Response())) == [b"ab", b"c"]
+
+
+@pytest.mark.parametrize("failure, message", [
+    (MemoryError(), "a.png: not enough memory to decode the image"),
+    (ValueError("bad huffman table"), "a.png: the image data is corrupt (bad huffman table)"),
+])
+def test_decoder_failures_become_one_input_error(monkeypatch, failure, message):
+    """Whatever a decoder raises (Pillow, PyAV, pdfium raise many types) is one InputError naming the input."""
+    from qwenvl import inputs
+    from qwenvl.errors import InputError
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(inputs, "_decode_image", fail)
+    with pytest.raises(InputError) as info:
+        inputs.decode_image(b"data", "a.png", inputs.LoadOptions())
+    assert str(info.value) == message
+    monkeypatch.setattr(inputs, "_load_video", fail)
+    with pytest.raises(InputError) as info:
+        inputs.load_video("v.mp4", inputs.LoadOptions(), 1.0, 4)
+    assert str(info.value).startswith("v.mp4: " + ("not enough memory to decode the video (try fewer --max-frames)"
+                                                 if isinstance(failure, MemoryError) else
+                                                 "the video is corrupt or cannot be decoded ("))
