@@ -22,7 +22,7 @@ import pytest
 import hostile_factory as hf
 from qwenvl import inputs
 from qwenvl.errors import InputError
-from qwenvl.inputs import LoadOptions, decode_image, load_image_source, load_video
+from qwenvl.inputs import LoadOptions, decode_image, images, load_image_source, load_video, sources, video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,9 @@ def test_unreadable_file_open_fails(run_tiny, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(inputs, "open", deny, raising=False)
+    # Files are opened in two places: sources (images, PDFs) and video (read as a stream).
+    monkeypatch.setattr(sources, "open", deny, raising=False)
+    monkeypatch.setattr(video, "open", deny, raising=False)
     one_error(run_tiny("--image", path), path, "permission denied")
     one_error(run_tiny("--video", path), path, "permission denied")
 
@@ -209,12 +211,12 @@ def test_decompression_bomb_thin_strip(run_tiny, tmp_path):
     assert path.stat().st_size < 20_000
     r = works(run_tiny("--image", path, "--format", "json"))
     info = r.json["inputs"][0]
-    assert info["width"] * info["height"] <= inputs.MAX_PADDED_PIXELS
+    assert info["width"] * info["height"] <= images.MAX_PADDED_PIXELS
     assert "padded with white" in r.err and "scaled from 5000000x1" in r.err
 
 
 def test_huge_image_is_reduced_right_after_decoding(monkeypatch):
-    monkeypatch.setattr(inputs, "MAX_WORKING_PIXELS", 10_000)
+    monkeypatch.setattr(images, "MAX_WORKING_PIXELS", 10_000)
     for data in (hf.save(hf.picture((400, 300)), "PNG"), hf.save(hf.picture((400, 300)), "JPEG"),
                  hf.png_declaring(400, 300, color_type=0, depth=16)):
         image, notes = decode_image(data, "big", LoadOptions())
@@ -566,7 +568,7 @@ def test_stdin_over_the_limit(run_tiny):
 
 
 def test_stdin_terminal_is_refused(monkeypatch):
-    monkeypatch.setattr(inputs, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(sources, "_is_terminal", lambda stream: True)
     with pytest.raises(InputError, match="standard input is a terminal"):
         inputs.read_bytes("-", LoadOptions())
 
@@ -625,7 +627,7 @@ def test_video_playlist_never_fetches(run_tiny, tmp_path, http_server, name):
     one_error(run_tiny("--video", "-", stdin=path.read_bytes()), "stdin", "playlists (m3u8/HLS) are not supported")
     # Even past the signature check, FFmpeg's playlist demuxers are not allowed.
     with pytest.raises(InputError):
-        inputs._decode_video(open(path, "rb"), b"", "p", 2.0, 4, LoadOptions())
+        video._decode_video(open(path, "rb"), b"", "p", 2.0, 4, LoadOptions())
     time.sleep(0.2)
     assert hits == []
 
@@ -644,7 +646,7 @@ def test_video_resolution_change_generates(run_tiny, tmp_path):
 
 
 def test_video_large_frames_are_downscaled_while_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(inputs, "MAX_FRAME_PIXELS", 100 * 100)
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 100 * 100)
     path = hf.video(tmp_path / "big.mp4", frames=4, size=(640, 480))
     media = load_video(str(path), LoadOptions(), fps=10, max_frames=4)
     assert all(f.width * f.height <= 100 * 100 for f in media.frames)
@@ -694,7 +696,7 @@ def test_body_is_read_in_pieces_with_old_urllib3():
             yield b"ab"
             yield b"c"
 
-    assert list(inputs._body_pieces(Response())) == [b"ab", b"c"]
+    assert list(sources._body_pieces(Response())) == [b"ab", b"c"]
 
 
 @pytest.mark.parametrize("failure, message", [
@@ -703,17 +705,14 @@ def test_body_is_read_in_pieces_with_old_urllib3():
 ])
 def test_decoder_failures_become_one_input_error(monkeypatch, failure, message):
     """Whatever a decoder raises (Pillow, PyAV, pdfium raise many types) is one InputError naming the input."""
-    from qwenvl import inputs
-    from qwenvl.errors import InputError
-
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(inputs, "_decode_image", fail)
+    monkeypatch.setattr(images, "_decode_image", fail)
     with pytest.raises(InputError) as info:
         inputs.decode_image(b"data", "a.png", inputs.LoadOptions())
     assert str(info.value) == message
-    monkeypatch.setattr(inputs, "_load_video", fail)
+    monkeypatch.setattr(video, "_load_video", fail)
     with pytest.raises(InputError) as info:
         inputs.load_video("v.mp4", inputs.LoadOptions(), 1.0, 4)
     assert str(info.value).startswith("v.mp4: " + ("not enough memory to decode the video (try fewer --max-frames)"
