@@ -77,3 +77,33 @@ def make_all(folder: Path) -> dict:
         "pdf": pdf(folder / "doc.pdf", pages=3),
         "mp4": mp4(folder / "clip.mp4"),
     }
+
+
+def encoded_video(path: Path, frames: int = 300, fps: int = 30, size=(64, 48), codec: str = "mpeg4",
+                  fmt: str | None = None, gop: int = 30, bframes: int = 0) -> Path:
+    """A video whose every frame differs (a bar moves, the colour changes each second),
+    with a keyframe every `gop` frames; libx264 gets `bframes` B-frames."""
+    import av
+    import numpy as np
+
+    width, height = size
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"preset": "veryfast",
+                              "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
+        for i in range(frames):
+            array = np.zeros((height, width, 3), dtype=np.uint8)
+            array[:, :, 0] = (i // fps * 40) % 256
+            array[:, :, 1] = (i * 7) % 256
+            array[: height // 2, i % width, 2] = 255
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

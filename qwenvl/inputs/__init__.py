@@ -9,7 +9,8 @@ names the input and the cause. This is the front door; the work is done in:
     sniff.py    what kind of data this is, from its first bytes
     images.py   decoding, EXIF, RGB, memory-bounded reductions, aspect-ratio padding
     pdf.py      PDF pages rendered on demand with pypdfium2; the --pages parser
-    video.py    PyAV: open, check, choose sample times, seek to them (sequential fallback)
+    video.py    PyAV: open (plain containers only), check, choose the sample times
+    frame_sampling.py  reach those frames by seeking, or by decoding in order where seeking cannot
 """
 from __future__ import annotations
 

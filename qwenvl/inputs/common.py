@@ -50,6 +50,7 @@ class Media:
     sample_fps: float | None = None
     duration_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    decoding: object = None  # video: how the frames were found (frame_sampling.DecodeStats); not in records
 
     def describe(self) -> dict:
         info = {"source": self.source, "kind": self.kind, "width": self.width, "height": self.height}

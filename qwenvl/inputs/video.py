@@ -1,5 +1,8 @@
 """Video: open with PyAV (plain containers only), check the declared size, choose
-sample times and decode those frames, downscaled as they are decoded."""
+sample times and decode the frames at those times, downscaled as they are decoded.
+
+Frames are found by seeking (frame_sampling.py): a long video is not decoded
+from its start; where seeking cannot serve a file, frames are decoded in order."""
 from __future__ import annotations
 
 import io
@@ -7,6 +10,7 @@ from fractions import Fraction
 
 from ..errors import InputError
 from .common import LoadOptions, Media, failures_as_input_error, short_reason
+from .frame_sampling import DecodeStats, FramePicker, SeekFailed, can_seek, sample_by_seeking, sample_sequentially
 from .sniff import not_a_video_reason
 from .sources import display_name, read_bytes, source_type, stat_file
 
@@ -21,19 +25,22 @@ VIDEO_DEMUXERS = (
 AUDIO_ONLY_DEMUXERS = {"mp3", "wav", "aac", "flac"}
 
 
-def load_video(src: str, opts: LoadOptions, fps: float, max_frames: int, stdin=None) -> Media:
+def load_video(src: str, opts: LoadOptions, fps: float, max_frames: int, stdin=None, *, seek: bool = True) -> Media:
     """Decode frames sampled at `fps` (at most `max_frames`, spread evenly) with PyAV.
 
     Only plain container formats are opened (VIDEO_DEMUXERS): never a playlist
     that would make FFmpeg read other files or URLs. Frames are downscaled as
-    they are decoded, so memory stays bounded whatever the video declares."""
+    they are decoded, so memory stays bounded whatever the video declares.
+    `seek=False` decodes every frame from the start (the fallback, kept for
+    comparison and benchmarks); the frames are the same either way."""
     shown = display_name(src)
     with failures_as_input_error(shown, "decode the video (try fewer --max-frames)",
-                                  "the video is corrupt or cannot be decoded"):
-        return _load_video(src, shown, opts, fps, max_frames, stdin)
+                                 "the video is corrupt or cannot be decoded"):
+        return _load_video(src, shown, opts, fps, max_frames, stdin, seek)
 
 
-def _load_video(src: str, shown: str, opts: LoadOptions, fps: float, max_frames: int, stdin) -> Media:
+def _load_video(src: str, shown: str, opts: LoadOptions, fps: float, max_frames: int, stdin,
+                seek: bool = True) -> Media:
     if source_type(src) == "file":
         stat_file(src)
         try:
@@ -45,26 +52,55 @@ def _load_video(src: str, shown: str, opts: LoadOptions, fps: float, max_frames:
         with target:
             head = target.read(4096)
             target.seek(0)
-            return _decode_video(target, head, shown, fps, max_frames, opts)
+            return _decode_video(target, head, shown, fps, max_frames, opts, seek)
     data = read_bytes(src, opts, stdin=stdin)
-    return _decode_video(io.BytesIO(data), data[:4096], shown, fps, max_frames, opts)
+    return _decode_video(io.BytesIO(data), data[:4096], shown, fps, max_frames, opts, seek)
 
 
-def _decode_video(target, head: bytes, shown: str, fps: float, max_frames: int, opts: LoadOptions) -> Media:
+def _open(target, shown: str):
     import av
 
-    reason = not_a_video_reason(head)
-    if reason:
-        raise InputError(shown, reason)
     try:
-        container = av.open(target, mode="r", options={"format_whitelist": VIDEO_DEMUXERS})
+        return av.open(target, mode="r", options={"format_whitelist": VIDEO_DEMUXERS})
     except av.error.InvalidDataError:
         raise InputError(shown, "not a readable video: corrupt, truncated or an unknown format") from None
     except ValueError:  # av.error.ArgumentError: a demuxer outside VIDEO_DEMUXERS
         raise InputError(shown, "not a supported video format (MP4, MOV, MKV, WebM, AVI, MPEG, ...)") from None
     except Exception as exc:
         raise InputError(shown, f"not a readable video ({short_reason(exc)})") from None
-    frames: list = []
+
+
+def _decode_video(target, head: bytes, shown: str, fps: float, max_frames: int, opts: LoadOptions,
+                  seek: bool = True) -> Media:
+    reason = not_a_video_reason(head)
+    if reason:
+        raise InputError(shown, reason)
+    stats = DecodeStats()
+    sampled = _sample(target, shown, fps, max_frames, opts, stats, seek)
+    if sampled is None:
+        # Seeking gave up: start again with a fresh demuxer and decoder, as if it had never been tried.
+        target.seek(0)
+        sampled = _sample(target, shown, fps, max_frames, opts, stats, seek=False)
+    picker, duration, times = sampled
+    if not picker.images:
+        raise InputError(shown, "the video has no frames")
+    return Media(
+        shown,
+        "video",
+        picker.size[0],
+        picker.size[1],
+        frames=picker.images,
+        sample_fps=_effective_fps(times, fps, len(picker.images)),
+        duration_s=round(duration, 3) if duration is not None and duration >= 0 else None,
+        notes=picker.notes,
+        decoding=stats,
+    )
+
+
+def _sample(target, shown: str, fps: float, max_frames: int, opts: LoadOptions, stats: DecodeStats, seek: bool):
+    """(picker, duration, sample times), or None when seeking was tried and gave up."""
+    container = _open(target, shown)
+    picker = None
     try:
         if not container.streams.video:
             audio = bool(container.streams.audio) or container.format.name in AUDIO_ONLY_DEMUXERS
@@ -81,59 +117,26 @@ def _decode_video(target, head: bytes, shown: str, fps: float, max_frames: int, 
             container.seek(0)
         times = _sample_times(duration, fps, max_frames)
         budget = max(64 * 64, min(MAX_FRAME_PIXELS, MAX_VIDEO_PIXELS // max(1, len(times))))
-        notes: list[str] = []
-        size = None  # every frame gets the size of the first one
-        idx = 0
-        last = None
-        for frame in container.decode(stream):
-            t = float(frame.pts * time_base) if frame.pts is not None else (len(frames) / fps)
-            last = frame
-            while idx < len(times) and t + 1e-6 >= times[idx]:
-                if size is None:
-                    size = _frame_size(shown, frame.width, frame.height, budget, notes)
-                frames.append(_frame_image(frame, size))
-                idx += 1
-            if idx >= len(times):
-                break
-        if not frames and last is not None:
-            size = _frame_size(shown, last.width, last.height, budget, notes)
-            frames.append(_frame_image(last, size))
+        picker = FramePicker(shown, budget, stats)
+        if seek:
+            stats.fallback = can_seek(container)
+        if seek and stats.fallback is None:
+            try:
+                sample_by_seeking(container, stream, times, time_base, picker)
+            except SeekFailed as why:
+                stats.fallback = str(why)
+                return None
+        else:
+            sample_sequentially(container, stream, times, time_base, fps, picker)
+        return picker, duration, times
     except (InputError, MemoryError):
         raise  # MemoryError: load_video's message
     except Exception as exc:
-        where = f" after {len(frames)} frames" if frames else ""
+        count = len(picker.images) if picker is not None else 0
+        where = f" after {count} frames" if count else ""
         raise InputError(shown, f"the video is corrupt or cannot be decoded{where} ({short_reason(exc)})") from None
     finally:
         container.close()
-    if not frames:
-        raise InputError(shown, "the video has no frames")
-    return Media(
-        shown,
-        "video",
-        size[0],
-        size[1],
-        frames=frames,
-        sample_fps=_effective_fps(times, fps, len(frames)),
-        duration_s=round(duration, 3) if duration is not None and duration >= 0 else None,
-        notes=notes,
-    )
-
-
-def _frame_size(shown: str, width: int, height: int, budget: int, notes: list[str]) -> tuple[int, int]:
-    if width < 1 or height < 1:
-        raise InputError(shown, f"the video frames have no pixels ({width}x{height})")
-    if width * height <= budget:
-        return width, height
-    scale = (budget / (width * height)) ** 0.5
-    size = (max(1, int(width * scale)), max(1, int(height * scale)))
-    notes.append(f"frames downscaled from {width}x{height} to {size[0]}x{size[1]} as they were decoded")
-    return size
-
-
-def _frame_image(frame, size: tuple[int, int]):
-    if (frame.width, frame.height) != size:
-        return frame.reformat(width=size[0], height=size[1], format="rgb24").to_image()
-    return frame.to_image()
 
 
 def _video_duration(container, stream, time_base) -> tuple[float | None, bool]:
