@@ -23,9 +23,10 @@ from .common import short_reason
 
 EPSILON = 1e-6  # seconds: a frame at T - EPSILON counts as at T (float timestamps)
 # Containers whose frames carry their own timestamps and whose demuxers seek to
-# keyframes. Elsewhere (MPEG program and transport streams, raw elementary
-# streams, Ogg, GIF) FFmpeg may interpolate timestamps, so a frame's time after a
-# seek can differ from its time when decoded in order: those are decoded in order.
+# keyframes. Elsewhere FFmpeg may interpolate timestamps, so a frame's time after
+# a seek can differ from its time when decoded in order (seen with MPEG-2 in an
+# MPEG program stream: other frames were picked), or seeks land on any packet
+# (MPEG-TS): those (and raw streams, Ogg, GIF) are decoded in order.
 SEEKABLE_DEMUXERS = {"mov", "mp4", "matroska", "webm", "avi", "flv", "ivf"}
 BACKOFF_S = (1.0, 4.0, 16.0, 64.0)  # landed after T: seek again this much earlier
 
@@ -36,7 +37,7 @@ class SeekFailed(Exception):
 
 @dataclass
 class DecodeStats:
-    """How a video's samples were found: for tests, benchmarks and --verbose, never in records."""
+    """How a video's samples were found (Media.decoding): for tests and benchmarks, never in records."""
 
     strategy: str = "seek"  # "seek" or "sequential"
     decoded: int = 0  # frames the decoder produced, over every attempt
