@@ -3,9 +3,10 @@
 
 The checkpoint has the real architecture class (Qwen3VLForConditionalGeneration),
 a byte-level BPE tokenizer trained in-process with the Qwen special tokens, the
-real image and video processors (patch 16, merge 2) and a Qwen3-VL style chat
-template. Its answers are random text, but every code path (chat template,
-processor, vision tower, M-RoPE, generate) is the one the real model runs.
+real image and video processors (patch 16, merge 2) and the real Qwen3-VL chat
+template (tools/qwen3_vl_chat_template.jinja, verbatim). Its answers are random
+text, but every code path (chat template, processor, vision tower, M-RoPE,
+generate) is the one the real model runs.
 
     python tools/make_tiny_model.py OUT_DIR [--loop] [--real-vocab]
 

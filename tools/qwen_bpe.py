@@ -120,6 +120,7 @@ def qwen_tiktoken(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".qwen.tiktoken.")
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
     return path
 
