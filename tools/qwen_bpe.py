@@ -18,6 +18,7 @@ the added tokens of Qwen3-VL's tokenizer_config.json at their real ids.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -210,13 +211,19 @@ def tokenizer_config() -> dict:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _tokenizer_json(ranks_path: Path) -> str:
+    """The serialized backend, built once per process (a test session builds several checkpoints)."""
+    return build_backend(load_ranks(ranks_path)).to_str()
+
+
 def build_tokenizer(log=lambda msg: print(msg, file=sys.stderr)):
     """A transformers tokenizer loaded the way the real checkpoint's is (tokenizer.json + tokenizer_config.json)."""
     from transformers import AutoTokenizer
 
-    backend = build_backend(load_ranks(qwen_tiktoken(log)))
+    serialized = _tokenizer_json(qwen_tiktoken(log))
     with tempfile.TemporaryDirectory(prefix="qwenvl-qwen-tokenizer-") as tmp:
-        backend.save(str(Path(tmp) / "tokenizer.json"))
+        (Path(tmp) / "tokenizer.json").write_text(serialized, encoding="utf-8")
         (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     tokenizer.padding_side = "left"
