@@ -58,7 +58,7 @@ VOLUME ["/cache/huggingface"]
 # container's environment (docker run -e ...; predict.sh passes them through).
 COPY predict.py /opt/qwenvl/app/predict.py
 COPY qwenvl/ /opt/qwenvl/app/qwenvl/
-COPY tools/make_tiny_model.py /opt/qwenvl/app/tools/make_tiny_model.py
+COPY tools/make_tiny_model.py tools/qwen_bpe.py tools/qwen3_vl_chat_template.jinja /opt/qwenvl/app/tools/
 RUN python3 -m compileall -q /opt/qwenvl/app
 USER app
 WORKDIR /home/app

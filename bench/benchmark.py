@@ -44,7 +44,7 @@ PREDICT = ROOT / "predict.py"
 IMAGE = ROOT / "test_images" / "sample.jpg"
 DEFAULT_CHECKPOINT = Path("~/.cache/qwenvl-bench/qwen3-vl-2b-random").expanduser()
 RESULTS = Path(__file__).resolve().parent / "results"
-BUILD_VERSION = "1"  # bump when the checkpoint recipe changes: caches are rebuilt
+BUILD_VERSION = "2"  # bump when the checkpoint recipe changes: caches are rebuilt (2: Qwen's real tokenizer)
 
 # Targets of issue 4 (on a 2-core CPU, bf16, N = 8).
 TARGET_BATCH_SPEEDUP = 3.0
@@ -111,11 +111,16 @@ def qwen3_vl_2b_config(ids: dict):
 
 
 def build_full_checkpoint(out: Path) -> Path:
-    """Random bf16 weights, built directly in bf16 (peak ~1.3x the weights), saved as safetensors."""
+    """Random bf16 weights, built directly in bf16 (peak ~1.3x the weights), saved as safetensors.
+
+    The tokenizer is Qwen's real one (tools/qwen_bpe.py: its BPE ranks fetched once from PyPI) and the
+    chat template the real Qwen3-VL one, so prompts have the real model's token counts.
+    """
     import torch
 
     sys.path.insert(0, str(ROOT / "tools"))
     import make_tiny_model as tiny
+    import qwen_bpe
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLForConditionalGeneration,
@@ -125,7 +130,7 @@ def build_full_checkpoint(out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / ".complete").unlink(missing_ok=True)
-    tokenizer = tiny.build_tokenizer()
+    tokenizer = qwen_bpe.build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tiny.SPECIAL_TOKENS}
     config = qwen3_vl_2b_config(ids)
     torch.manual_seed(0)
@@ -153,7 +158,8 @@ def build_full_checkpoint(out: Path) -> Path:
         chat_template=tiny.CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    (out / ".complete").write_text(json.dumps({"version": BUILD_VERSION, "parameters": params}) + "\n")
+    (out / ".complete").write_text(json.dumps({"version": BUILD_VERSION, "parameters": params,
+                                               "tokenizer": f"qwen-bpe, vocab {config.text_config.vocab_size}"}) + "\n")
     return out
 
 

