@@ -47,8 +47,8 @@ def template_problem(messages: list[dict]) -> tuple[int, str] | None:
         for item in content:
             if isinstance(item, dict) and (is_image(item) or is_video(item)):
                 kind = "an image" if is_image(item) else "a video"
-                return number, (f"{kind} in a {role} message; the Qwen3-VL chat template shows images and "
-                                "videos only in user messages")
+                return number, (f"{kind} in {'an' if role == 'assistant' else 'a'} {role} message; the Qwen3-VL "
+                                "chat template shows images and videos only in user messages")
     return None
 
 

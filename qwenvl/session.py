@@ -195,15 +195,19 @@ class ModelSession:
             ids.insert(0, im_end)
         return ids
 
-    def prepare(self, conversations: list[list[dict]]):
-        """Chat template + vision preprocessing for a list of conversations."""
-        from qwen_vl_utils import process_vision_info
-
-        texts = [
+    def prompt_texts(self, conversations: list[list[dict]]) -> list[str]:
+        """The chat template's text for each conversation; several images are labelled "Picture N: "."""
+        return [
             self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True,
                                                add_vision_id=needs_vision_ids(conv))
             for conv in conversations
         ]
+
+    def prepare(self, conversations: list[list[dict]]):
+        """Chat template + vision preprocessing for a list of conversations."""
+        from qwen_vl_utils import process_vision_info
+
+        texts = self.prompt_texts(conversations)
         images, videos, video_kwargs = process_vision_info(
             conversations, image_patch_size=16, return_video_kwargs=True, return_video_metadata=True
         )
