@@ -3,6 +3,7 @@
 Answers stream to stdout; the prompt, notices and errors go to stderr.
 Commands: /image PATH attaches an image to the next turn, /save FILE writes the
 conversation in the --history format, /reset starts over, /help, Ctrl-D ends.
+Each turn is a request through the one pipeline (pipeline.py).
 """
 from __future__ import annotations
 
@@ -12,28 +13,32 @@ import sys
 from .errors import EXIT_OK, QwenVLError
 from .inputs import PdfInput, load_image_source, redact
 from .outputs import atomic_write, write_stdout
-from .prompts import assistant_turn, build_messages, user_turn
+from .pipeline import Pipeline, Request
+from .prompts import assistant_turn, image_item, user_turn
 
 HELP = "commands: /image PATH (attach to your next message), /save FILE, /reset, /help; Ctrl-D ends"
 
 
-def run_chat(args, log, session, media, sources, stored_history, history) -> int:
-    from .runner import _with_pixels, load_options, settings_from
-
-    settings = settings_from(args)
-    opts = load_options(args)
+def run_chat(pipeline: Pipeline, media, sources, stored_history, history) -> int:
+    """media: images attached to the first turn; sources: how they are saved (redacted)."""
+    options = pipeline.options
+    vision = options.vision
+    opts = vision.load_options()
     stored = list(stored_history)  # as written by /save (sources, not pixels)
     turns = list(history)  # what the model sees (PIL images)
-    pending = list(zip(media, sources))  # sources are already redacted by the runner
+    pending = list(zip(media, sources))
     err = sys.stderr
 
     def say(message: str) -> None:
         print(message, file=err, flush=True)
 
-    say(f"chatting with {args.model}. {HELP}")
+    def stream(text: str) -> None:
+        write_stdout(text, sys.stdout)
+
+    say(f"chatting with {options.model.name}. {HELP}")
     for m, _ in pending:
         say(f"attached {m.source} ({m.width}x{m.height})")
-    queued = [args.prompt] if args.prompt else []
+    queued = [options.task.prompt] if options.task.prompt else []
     while True:
         if queued:
             line = queued.pop(0)
@@ -76,23 +81,25 @@ def run_chat(args, log, session, media, sources, stored_history, history) -> int
             else:
                 say(f"error: unknown or incomplete command {line!r}; {HELP}")
             continue
-        images = [m.image for m, _ in pending]
-        messages = build_messages(line, images=images, history=_with_pixels(turns, args), system=args.system,
-                                  min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        images = [m for m, _ in pending]
         try:
-            gen = session.generate([messages], settings, on_text=lambda text: write_stdout(text, sys.stdout))[0]
+            (result,) = pipeline.run([Request(images=images, history=turns, prompt=line)], on_text=stream)
         except QwenVLError as exc:
             say(f"error: {exc}")
             continue
+        if result.error is not None:
+            say(f"error: {result.error}")
+            continue
+        record = result.record
         write_stdout("\n", sys.stdout)
-        if gen.finish_reason == "length":
-            say(f"(stopped at the token limit, {args.max_new_tokens} tokens)")
-        elif gen.finish_reason == "repetition":
+        if record["finish_reason"] == "length":
+            say(f"(stopped at the token limit, {options.generation.max_new_tokens} tokens)")
+        elif record["finish_reason"] == "repetition":
             say("(stopped: the answer was repeating itself)")
         turns += [
-            {"role": "user", "content": [{"type": "image", "image": im} for im in images]
+            {"role": "user", "content": [image_item(m.image, vision.min_pixels, vision.max_pixels) for m in images]
              + [{"type": "text", "text": line}]},
-            assistant_turn(gen.text),
+            assistant_turn(record["text"]),
         ]
-        stored += [user_turn([s for _, s in pending], line), assistant_turn(gen.text)]
+        stored += [user_turn([s for _, s in pending], line), assistant_turn(record["text"])]
         pending = []

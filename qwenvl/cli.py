@@ -2,6 +2,8 @@
 
 Everything a user can get wrong in the arguments is found here, before any
 input is read or the model loads, and reported as one line with exit code 2.
+The arguments are validated once into frozen `Options` (options.py); nothing
+below the CLI sees the argparse namespace.
 """
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ from . import DEFAULT_MODEL, __version__
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, QwenVLError, UsageError
 from .inputs import DEFAULT_DPI, DEFAULT_MAX_BYTES, DEFAULT_URL_TIMEOUT, parse_pages
 from .outputs import FORMATS, format_for_path
+from .options import (
+    BatchOptions,
+    GenerationOptions,
+    InputOptions,
+    ModelOptions,
+    Options,
+    OutputOptions,
+    TaskOptions,
+    VisionOptions,
+)
 from .prompts import DEFAULT_MIN_PIXELS, TASKS
 
 EPILOG = """\
@@ -177,14 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate(args: argparse.Namespace) -> argparse.Namespace:
-    """Cross-argument checks; fills in derived values. Raises UsageError."""
-    args.sources = list(args.image) + list(args.images)
-    _validate_batch(args)
-    if not args.sources and not args.video and not args.history and not args.batch and not args.chat:
+def validate(args: argparse.Namespace) -> Options:
+    """Cross-argument checks, then the typed options everything below the CLI takes.
+
+    Raises UsageError (exit 2) for arguments that cannot work; reads nothing but
+    the --schema file (an InputError, exit 1, if it is not a JSON Schema).
+    """
+    sources = tuple(args.image) + tuple(args.images)
+    batch = _validate_batch(args)
+    if not sources and not args.video and not args.history and batch is None and not args.chat:
         raise UsageError("no input: give --image SRC, --images SRC..., --video SRC or --history FILE")
-    stdin_uses = args.sources.count("-") + (args.video == "-")
-    if stdin_uses > 1:
+    if sources.count("-") + (args.video == "-") > 1:
         raise UsageError("standard input (-) can be read only once")
     if args.task == "vqa" and not (args.prompt and args.prompt.strip()):
         raise UsageError("--task vqa needs a question: add --prompt \"...\"")
@@ -196,39 +211,85 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError("--schema is for --task extract")
     if args.annotate and args.task != "ground":
         raise UsageError("--annotate is for --task ground")
-    if args.annotate and args.batch is not None:
+    if args.annotate and batch is not None:
         raise UsageError("--annotate works on one image, not --batch")
     _validate_stream_and_chat(args)
+    if batch is None:
+        _validate_single_inputs(args, sources)
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt is empty")
-    if args.max_pixels is None:
-        args.max_pixels = TASKS[args.task].max_pixels
-    if args.min_pixels > args.max_pixels:
-        raise UsageError(f"--min-pixels {args.min_pixels} is larger than --max-pixels {args.max_pixels}")
-    if args.max_pixels < 32 * 32:
-        raise UsageError(f"--max-pixels {args.max_pixels} is below one visual token (1024 pixels)")
-    if args.max_new_tokens is None:
-        args.max_new_tokens = TASKS[args.task].max_new_tokens
+    max_pixels = args.max_pixels if args.max_pixels is not None else TASKS[args.task].max_pixels
+    if args.min_pixels > max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} is larger than --max-pixels {max_pixels}")
+    if max_pixels < 32 * 32:
+        raise UsageError(f"--max-pixels {max_pixels} is below one visual token (1024 pixels)")
     if args.top_p is not None and args.top_p > 1:
         raise UsageError(f"--top-p {args.top_p} must be in (0, 1]")
     if args.temperature == 0 and (args.top_p is not None or args.top_k is not None):
         raise UsageError("--top-p and --top-k apply to sampling: add --temperature above 0")
     if not 18 <= args.dpi <= 1200:
         raise UsageError(f"--dpi {args.dpi} is outside 18..1200")
-    args.page_list = parse_pages(args.pages) if args.pages else None
+    pages = tuple(parse_pages(args.pages)) if args.pages else None
     if args.fps > 60:
         raise UsageError(f"--fps {args.fps} is above 60")
     if args.max_frames > 768:
         raise UsageError(f"--max-frames {args.max_frames} is above 768, Qwen3-VL's limit")
-    if args.history and len(args.sources) and any(s.lower().endswith(".pdf") for s in args.sources):
+    if args.history and any(s.lower().endswith(".pdf") for s in sources):
         raise UsageError("--history cannot be combined with a PDF (each page is its own answer)")
-    if args.batch is None:
-        fmt_from_path = format_for_path(args.output)
-        if args.format is None:
-            args.format = fmt_from_path if fmt_from_path in ("txt", "json") else "txt"
-        if args.format == "jsonl":
-            raise UsageError("--format jsonl is for --batch; use --format json")
-    return args
+    fmt = _output_format(args, batch)
+    schema = None
+    if args.task == "extract":  # the only file read before the inputs: after every usage check
+        from .structured import load_schema
+
+        schema = load_schema(args.schema)
+    return Options(
+        task=TaskOptions(name=args.task, prompt=args.prompt, system=args.system, schema_path=args.schema,
+                         schema=schema, retries=args.retries, annotate=args.annotate),
+        generation=GenerationOptions(
+            max_new_tokens=args.max_new_tokens or TASKS[args.task].max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty, seed=args.seed, loop_guard=args.loop_guard,
+            ignore_eos=args.ignore_eos),
+        vision=VisionOptions(min_pixels=args.min_pixels, max_pixels=max_pixels, dpi=args.dpi, pages=pages,
+                             fps=args.fps, max_frames=args.max_frames, url_timeout=args.url_timeout,
+                             max_bytes=int(args.max_input_mb * 2**20)),
+        output=OutputOptions(format=fmt, path=args.output, quiet=args.quiet, stream=args.stream),
+        model=ModelOptions(name=args.model, device=args.device, dtype=args.dtype, quantize=args.quantize),
+        inputs=InputOptions(images=sources, video=args.video, history=args.history),
+        batch=batch,
+        chat=args.chat,
+    )
+
+
+def _output_format(args: argparse.Namespace, batch: BatchOptions | None) -> str:
+    if batch is not None:
+        if batch.output_dir:
+            fmt = args.format or "json"
+            if fmt == "jsonl":
+                raise UsageError("--output-dir writes one file per input: use --format txt or json")
+            return fmt
+        fmt = args.format or "jsonl"
+        if fmt != "jsonl":
+            raise UsageError("batch results are JSON Lines; for txt or json files use --output-dir DIR")
+        return fmt
+    from_path = format_for_path(args.output)
+    fmt = args.format or (from_path if from_path in ("txt", "json") else "txt")
+    if fmt == "jsonl":
+        raise UsageError("--format jsonl is for --batch; use --format json")
+    return fmt
+
+
+def _validate_single_inputs(args: argparse.Namespace, sources: tuple[str, ...]) -> None:
+    """Task and input pairs that one prompt cannot serve (a source's kind is checked again once read)."""
+    pdf_names = [s for s in sources if s.lower().endswith(".pdf")]
+    if args.task == "ground" and (args.video or not sources or (len(sources) > 1 and len(pdf_names) < len(sources))):
+        raise UsageError("--task ground takes exactly one image (or a PDF, page by page)")
+    if args.annotate and (args.video or len(sources) != 1 or pdf_names):
+        raise UsageError("--annotate takes exactly one image (not a PDF)")
+    if args.video and pdf_names:
+        raise UsageError("--video cannot be combined with a PDF")
+    if args.chat and pdf_names:
+        raise UsageError("--chat cannot be combined with a PDF (each page is its own answer)")
 
 
 def _validate_stream_and_chat(args: argparse.Namespace) -> None:
@@ -249,31 +310,25 @@ def _validate_stream_and_chat(args: argparse.Namespace) -> None:
                 raise UsageError(f"--chat cannot be combined with {flag}")
 
 
-def _validate_batch(args: argparse.Namespace) -> None:
+def _validate_batch(args: argparse.Namespace) -> BatchOptions | None:
     if args.batch is None:
         for flag, value in (("--batch-size", args.batch_size != 1), ("--output-dir", args.output_dir),
                             ("--resume", args.resume)):
             if value:
                 raise UsageError(f"{flag} needs --batch")
-        return
+        return None
     for flag, value in (("--image", args.image), ("--images", args.images), ("--video", args.video),
                         ("--history", args.history)):
         if value:
             raise UsageError(f"--batch cannot be combined with {flag}: every batch input is its own request")
     if args.output and args.output_dir:
         raise UsageError("give --output FILE.jsonl or --output-dir DIR, not both")
-    if args.output_dir:
-        args.format = args.format or "json"
-        if args.format == "jsonl":
-            raise UsageError("--output-dir writes one file per input: use --format txt or json")
-    else:
-        args.format = args.format or "jsonl"
-        if args.format != "jsonl":
-            raise UsageError("batch results are JSON Lines; for txt or json files use --output-dir DIR")
     if args.resume and not (args.output or args.output_dir):
         raise UsageError("--resume needs --output FILE.jsonl or --output-dir DIR to resume from")
     if args.batch.count("@-") > 1:
         raise UsageError("standard input (@-) can be read only once")
+    return BatchOptions(sources=tuple(args.batch), size=args.batch_size, output_dir=args.output_dir,
+                        resume=args.resume)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = _install_signal_handlers()
     try:
         try:
-            args = validate(build_parser().parse_args(argv))
+            options = validate(build_parser().parse_args(argv))
         except SystemExit as done:  # --help and --version print, then exit 0
             return done.code if isinstance(done.code, int) else 0
-        return run(args)
+        return run(options)
     except UsageError as exc:
         print(f"error: {exc} (see --help)", file=stderr)
         return EXIT_USAGE

@@ -1,12 +1,14 @@
-"""Result records and the writers that render them.
+"""Rendering result records, and writing files atomically.
 
-One record shape serves every format: `txt` renders its text, `json` the whole
+Records are built by pipeline.py and written by the sinks (sinks.py). One
+record shape serves every format: `txt` renders its text, `json` the whole
 record, `jsonl` one record per line. Files are written atomically (a temporary
 file in the same folder, then a rename), so an output file is either complete
 or absent.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -125,6 +127,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def save_image(image, path: str) -> None:
+    """Write an image atomically, its format from the extension (PNG when unknown)."""
+    from PIL import Image
+
+    ext = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(ext, "PNG")
+    buf = io.BytesIO()
+    try:
+        image.save(buf, fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise OutputError(f"{path}: cannot encode the image as {fmt} ({exc})") from None
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_stdout(text: str, stream: IO[str]) -> None:

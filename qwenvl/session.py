@@ -1,15 +1,16 @@
 """The model session: loads Qwen3-VL once, then generates for chat messages.
 
-This is the only module that imports torch and transformers, and it does so
-lazily, so `--help` and usage errors stay instant. It knows nothing of
-argparse, paths or output formats: it takes chat messages whose image items
-hold PIL images and returns text with its finish reason and token counts.
+It imports torch and transformers lazily (as does accel.py, which loads and
+speeds up the model for it), so `--help` and usage errors stay instant. It
+knows nothing of argparse, paths or output formats: it takes a list of
+conversations whose image items hold PIL images and returns, for each, text
+with its finish reason and token counts.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +54,6 @@ class Generation:
     completion_tokens: int
     preprocess_s: float = 0.0
     generate_s: float = 0.0
-    token_ids: list[int] = field(default_factory=list, repr=False)
 
     @property
     def usage(self) -> dict:
@@ -187,10 +187,6 @@ class ModelSession:
             self.pad_id = self.eos_ids[0]
         self.load_s = time.perf_counter() - t0
 
-    @property
-    def architecture(self) -> str:
-        return type(self.model).__name__
-
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
         ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
@@ -199,17 +195,19 @@ class ModelSession:
             ids.insert(0, im_end)
         return ids
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def prompt_texts(self, conversations: list[list[dict]]) -> list[str]:
+        """The chat template's text for each conversation; several images are labelled "Picture N: "."""
+        return [
+            self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True,
+                                               add_vision_id=needs_vision_ids(conv))
+            for conv in conversations
+        ]
 
     def prepare(self, conversations: list[list[dict]]):
         """Chat template + vision preprocessing for a list of conversations."""
         from qwen_vl_utils import process_vision_info
 
-        texts = [
-            self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-            for conv in conversations
-        ]
+        texts = self.prompt_texts(conversations)
         images, videos, video_kwargs = process_vision_info(
             conversations, image_patch_size=16, return_video_kwargs=True, return_video_metadata=True
         )
@@ -291,7 +289,6 @@ class ModelSession:
                     completion_tokens=len(tokens),
                     preprocess_s=t1 - t0,
                     generate_s=t2 - t1,
-                    token_ids=tokens,
                 )
             )
         return results
@@ -322,6 +319,20 @@ class ModelSession:
         else:
             config.eos_token_id = self.eos_ids
         return {"generation_config": config}
+
+
+def needs_vision_ids(conversation: list[dict]) -> bool:
+    """Label images "Picture N: " (and videos "Video N: ") when a conversation holds more than one,
+    as Qwen does, so that "the second image" means something."""
+    images = videos = 0
+    for message in conversation:
+        content = message.get("content")
+        for item in content if isinstance(content, list) else []:
+            if item.get("type") == "image" or "image" in item or "image_url" in item:
+                images += 1
+            elif item.get("type") == "video" or "video" in item:
+                videos += 1
+    return images > 1 or videos > 1
 
 
 def _free_memory() -> None:

@@ -125,7 +125,7 @@ def test_output_dir_json_and_names_stay_inside(run_tiny, tmp_path, http_server):
 
 
 def test_safe_relpath():
-    from qwenvl.batch import safe_relpath
+    from qwenvl.sinks import safe_relpath
 
     assert safe_relpath("../../etc/passwd") == "etc/passwd"
     assert safe_relpath("/abs/path/x.jpg") == "abs/path/x.jpg"
