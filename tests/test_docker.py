@@ -254,8 +254,12 @@ def base_image(engine) -> str:
                     "(or set QWENVL_TEST_BASE_IMAGE to an image with the pinned torch)")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), VENV],
                        capture_output=True, text=True, timeout=1800)
+    BASE_LOG.append(r.stderr)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
+
+
+BASE_LOG: list[str] = []  # what docker_test_base.sh said when the fixture ran it
 
 
 def _build(*extra: str, tag: str = TEST_IMAGE, base: str) -> float:
@@ -298,6 +302,19 @@ def files(tmp_path_factory) -> dict:
 
 def _docker(*args) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.docker
+def test_base_image_built_from_nothing_when_asked(base_image):
+    # .ci/run sets QWENVL_TEST_FRESH_BASE=1: the base must then have been made
+    # here, now, as on a machine that never ran the project; not reused.
+    if os.environ.get("QWENVL_TEST_FRESH_BASE") != "1" or not BASE_LOG:
+        pytest.skip("fresh-machine check: only with QWENVL_TEST_FRESH_BASE=1 and the local base "
+                    "(QWENVL_TEST_PROVISION=1 QWENVL_TEST_FRESH_BASE=1 bash test.sh, as .ci/run does)")
+    log = BASE_LOG[0]
+    assert f"built {base_image} in " in log and "reusing" not in log, log
+    left = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", "qwenvl-test-base").stdout.split()
+    assert left == [base_image]
 
 
 @pytest.mark.docker
