@@ -232,15 +232,30 @@ def test_dockerfile_installs_dependencies_before_the_code():
 # --- the container tier -------------------------------------------------------
 
 
+ENABLE = "QWENVL_TEST_PROVISION=1 bash test.sh"  # the one command that enables the container tier (as root)
+
+
+def no_engine_reason() -> str | None:
+    """Why the container tier cannot run here, with the command that enables it; None when it can."""
+    if not shutil.which("docker"):
+        why = "the docker command is not installed"
+    else:
+        r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return None
+        why = (r.stderr.strip().splitlines() or ["docker info failed"])[-1]
+    why = os.environ.get("QWENVL_DOCKER_START_ERROR") or why
+    if ENABLE not in why:
+        why += f"; to run it: {ENABLE} (as root: installs docker.io and debootstrap, starts dockerd)"
+    return f"container tier: no Docker engine ({why})"
+
+
 @pytest.fixture(scope="module")
 def engine():
-    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True) \
-        if shutil.which("docker") else None
-    if r is None or r.returncode != 0:
-        why = os.environ.get("QWENVL_DOCKER_START_ERROR") or (
-            "the docker command is not installed" if r is None else r.stderr.strip().splitlines()[-1])
-        pytest.skip(f"container tier: no Docker engine ({why})")
-    return r.stdout.strip()
+    reason = no_engine_reason()
+    if reason:
+        pytest.skip(reason)
+    return _docker("info", "--format", "{{.ServerVersion}}").stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +266,7 @@ def base_image(engine) -> str:
         pytest.skip("container tier: the tests must run from a virtual environment (bash test.sh)")
     if os.getuid() != 0 or not shutil.which("debootstrap"):
         pytest.skip("container tier: the local base image needs root and debootstrap "
-                    "(or set QWENVL_TEST_BASE_IMAGE to an image with the pinned torch)")
+                    f"(as root: {ENABLE}; or set QWENVL_TEST_BASE_IMAGE to an image with the pinned torch)")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), VENV],
                        capture_output=True, text=True, timeout=1800)
     BASE_LOG.append(r.stderr)
@@ -431,3 +446,15 @@ def test_built_on_first_use_and_with_a_baked_model(base_image, image, tiny_model
         assert r.stdout.strip()
     finally:
         _docker("rmi", baked)
+
+
+def test_container_tier_skip_names_its_reason_and_the_command(tmp_path):
+    env = {k: v for k, v in _env().items() if k != "QWENVL_DOCKER_START_ERROR"}
+    env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    r = subprocess.run([sys.executable, "-m", "pytest", f"{__file__}::test_image_runs_on_its_own_as_a_non_root_user",
+                        "-rs", "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    skip = [ln for ln in r.stdout.splitlines() if ln.startswith("SKIPPED")]
+    assert len(skip) == 1 and "container tier: no Docker engine (" in skip[0], r.stdout[-2000:]
+    assert "/nonexistent/docker.sock" in skip[0] and ENABLE in skip[0]

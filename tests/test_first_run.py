@@ -100,3 +100,75 @@ def test_base_image_build_removes_only_older_bases(tmp_path, small_venv):
     assert r.returncode == 0, r.stderr
     rmis = [line for line in calls(log) if line.startswith("docker rmi")]
     assert rmis == ["docker rmi qwenvl-test-base:0123456789abcdef"]
+
+
+# --- a PATH made of this machine's tools, some left out, some replaced --------
+
+
+def toolbox(tmp_path: Path, without: tuple[str, ...] = (), fakes: dict[str, str] | None = None) -> str:
+    """A PATH with a link to each command on this PATH except `without`, and
+    `fakes` (name -> bash body) in front: a machine that lacks those tools."""
+    links, fake_dir = tmp_path / "tools", tmp_path / "fakes"
+    links.mkdir(exist_ok=True)
+    fake_dir.mkdir(exist_ok=True)
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            target = os.path.join(folder, name)
+            if name in without or (links / name).exists() or not os.access(target, os.X_OK) \
+                    or os.path.isdir(target):
+                continue
+            (links / name).symlink_to(target)
+    for name, body in (fakes or {}).items():
+        write_tool(fake_dir, name, body)
+    return f"{fake_dir}{os.pathsep}{links}"
+
+
+# --- test.sh installs and starts nothing unless asked -------------------------
+
+PROVISION_FAKES = {
+    "id": 'if [ "$1" = -u ]; then echo 0; else exec /usr/bin/id "$@"; fi\n',  # root, as in CI
+    "apt-get": 'echo "apt-get $*" >> "$FAKE_LOG"\n',
+    "docker": '[ "$1" = info ] && [ -e "$FAKE_LOG.engine" ]\n',  # answers once "dockerd" runs
+    "dockerd": 'echo dockerd >> "$FAKE_LOG"; touch "$FAKE_LOG.engine"; exec sleep 60\n',
+}
+PROVISION_RUN = """
+. scripts/test_tools.sh
+provision_test_tools
+start_docker_engine
+echo "started=${QWENVL_STARTED_DOCKERD:-} error=${QWENVL_DOCKER_START_ERROR:-}"
+stop_docker_engine
+"""
+
+
+def run_provisioning(tmp_path, **env) -> tuple[subprocess.CompletedProcess, list[str]]:
+    log = tmp_path / "calls.log"
+    path = toolbox(tmp_path, without=("shellcheck", "debootstrap", "dockerd", "docker", "apt-get", "id"),
+                   fakes=PROVISION_FAKES)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QWENVL_")}
+    full_env.update(PATH=path, FAKE_LOG=str(log), **env)
+    r = subprocess.run(["bash", "-c", PROVISION_RUN], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                       timeout=60)
+    return r, calls(log)
+
+
+def test_test_sh_installs_and_starts_nothing_unless_asked(tmp_path):
+    r, log = run_provisioning(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert log == []  # no apt-get, no dockerd, even as root
+    assert "started= " in r.stdout
+    assert "error=no Docker engine is running" in r.stdout
+    assert "QWENVL_TEST_PROVISION=1 bash test.sh" in r.stdout  # the command that enables the tier
+    assert r.stderr == ""
+
+
+def test_test_sh_provisions_when_asked(tmp_path):
+    r, log = run_provisioning(tmp_path, QWENVL_TEST_PROVISION="1")
+    assert r.returncode == 0, r.stderr
+    assert log[0] == "apt-get update -q"
+    # dockerd (the stand-in) is there: only the two missing tools are installed.
+    assert log[1].startswith("apt-get install -y") and log[1].split()[-2:] == ["shellcheck", "debootstrap"]
+    assert log[2] == "dockerd"
+    assert re.search(r"started=\d+ error=$", r.stdout, re.M), r.stdout
+    assert "installing shellcheck debootstrap (" in r.stderr and "starting dockerd" in r.stderr

@@ -32,7 +32,8 @@ def test_the_scripts_are_found():
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None,
-                    reason="shellcheck is not installed (apt-get install shellcheck; test.sh does it as root)")
+                    reason="shellcheck is not installed (apt-get install shellcheck; as root, "
+                           "QWENVL_TEST_PROVISION=1 bash test.sh does it)")
 @pytest.mark.parametrize("script", shell_scripts(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_shellcheck(script):
     # -x follows `source` lines; run from the root so that their paths resolve.
