@@ -74,14 +74,14 @@ fi
 
 start=$SECONDS
 echo "build.sh: building $tag${base:+ from $base}..." >&2
-docker build "${args[@]}" "${extra[@]}" "$HERE" >&2 || die "docker build failed"
+docker build "${args[@]}" ${extra[@]+"${extra[@]}"} "$HERE" >&2 || die "docker build failed"
 
 if [ -n "$model" ]; then
   # A second, small build whose context is the model folder alone.
   model="$(cd "$model" && pwd -P)"
   # Checkpoints are often saved 0600: a first stage makes them readable to
   # whichever uid runs the container, so that the image holds one copy.
-  dockerfile="$(mktemp)"
+  dockerfile="$(mktemp "${TMPDIR:-/tmp}/qwenvl-model.XXXXXX")"
   # shellcheck disable=SC2016  # Dockerfile lines, expanded by docker
   printf '%s\n' 'ARG IMAGE' 'FROM ${IMAGE} AS model' 'USER root' 'COPY . /opt/qwenvl/model/' \
     'RUN chmod -R a+rX /opt/qwenvl/model' 'FROM ${IMAGE}' \

@@ -2,6 +2,9 @@
 # Sourced by build.sh, predict.sh and the tests: what the Docker scripts share.
 # Plain bash 3.2 (macOS) compatible.
 
+# shellcheck source=scripts/portable.sh
+. "$(dirname "${BASH_SOURCE[0]}")/portable.sh"
+
 # The image tag, overridable with QWENVL_IMAGE.
 qwenvl_image() {
   echo "${QWENVL_IMAGE:-qwenvl:latest}"
@@ -19,7 +22,7 @@ qwenvl_source_hash() {
       find qwenvl -type f ! -name '*.pyc' ! -path '*/__pycache__/*'
     } | LC_ALL=C sort | while IFS= read -r f; do
       [ -f "$f" ] && printf '%s\n' "$f" && cat "$f"
-    done | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16
+    done | qwenvl_sha256 | cut -c1-16
   )
 }
 

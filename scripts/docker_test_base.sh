@@ -20,6 +20,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-${QWENVL_VENV:-$HERE/.venv}}"
 MIRROR="${QWENVL_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 log() { echo "docker_test_base: $*" >&2; }
+# shellcheck source=scripts/portable.sh
+. "$HERE/scripts/portable.sh"
 
 [ -x "$VENV/bin/python" ] || { log "no virtual environment at $VENV (run bash test.sh first)"; exit 1; }
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -30,7 +32,7 @@ if [ "$pyver" != "3.11" ]; then
 fi
 # Bump LAYOUT when this script changes what goes into the image.
 LAYOUT=1
-key="$({ "$VENV/bin/python" -m pip freeze --all 2>/dev/null; echo "layout $LAYOUT"; } | sha256sum | cut -c1-16)"
+key="$({ "$VENV/bin/python" -m pip freeze --all 2>/dev/null; echo "layout $LAYOUT"; } | qwenvl_sha256 | cut -c1-16)"
 image="qwenvl-test-base:$key"
 
 # Every image whose first layer is that of a base image: the bases and what

@@ -9,8 +9,10 @@ same paths with a real engine.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +174,92 @@ def test_test_sh_provisions_when_asked(tmp_path):
     assert log[2] == "dockerd"
     assert re.search(r"started=\d+ error=$", r.stdout, re.M), r.stdout
     assert "installing shellcheck debootstrap (" in r.stderr and "starting dockerd" in r.stderr
+
+
+# --- macOS, simulated: `uname` answers Darwin, no sha256sum -------------------
+
+MAC_FAKES = {
+    "uname": 'case "${1:-}" in -m) echo arm64 ;; -r) echo 24.1.0 ;; *) echo Darwin ;; esac\n',
+}
+if not shutil.which("shasum"):  # macOS has it; Linux has it with perl. Else a stand-in with its output format.
+    MAC_FAKES["shasum"] = (f'[ "$1 $2" = "-a 256" ] || exit 2\n'
+                           f'{sys.executable} -c "import hashlib,sys; '
+                           f'print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest() + \'  -\')"\n')
+
+
+def mac_path(tmp_path: Path, fakes: dict[str, str] | None = None) -> str:
+    return toolbox(tmp_path, without=("sha256sum", "uname", *(fakes or {})), fakes={**MAC_FAKES, **(fakes or {})})
+
+
+def requirements_hash() -> str:
+    data = b"".join(p.read_bytes() for p in sorted(ROOT.glob("requirements*.txt")))
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def stand_in_venv(tmp_path) -> tuple[Path, Path]:
+    """A venv whose python is this one, and which logs and refuses `-m pip` (never touch the real venv)."""
+    venv, log = tmp_path / "venv", tmp_path / "pip.log"
+    write_tool(venv / "bin", "python", f"""
+if [ "$1 $2" = "-m pip" ]; then echo "pip $*" >> {log}; exit 0; fi
+exec {sys.executable} "$@"
+""")
+    return venv, log
+
+
+def test_mac_toolbox_really_lacks_sha256sum(tmp_path):
+    path = mac_path(tmp_path)
+    assert shutil.which("sha256sum", path=path) is None
+    r = subprocess.run(["uname", "-s"], env={**os.environ, "PATH": path}, capture_output=True, text=True)
+    assert r.stdout == "Darwin\n"
+
+
+def test_venv_hash_on_macos_tools_and_reinstall_on_change(tmp_path, stand_in_venv):
+    venv, pip_log = stand_in_venv
+    (venv / ".requirements.sha256").write_text("0" * 64 + " requirements.txt\n")  # made from other requirements
+    env = {**os.environ, "PATH": mac_path(tmp_path)}
+    script = f'. scripts/venv.sh && ensure_venv {venv} {ROOT / "requirements.txt"}'
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "requirements changed" in r.stderr
+    assert len(calls(pip_log)) == 1 and calls(pip_log)[0].endswith(f"-r {ROOT / 'requirements.txt'}")
+    assert (venv / ".requirements.sha256").read_text() == f"{requirements_hash()} requirements.txt\n"
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == ""  # unchanged: nothing to do
+    assert len(calls(pip_log)) == 1
+
+
+def test_image_source_hash_is_the_same_with_macos_tools(tmp_path):
+    script = f'. scripts/docker_lib.sh && qwenvl_source_hash {ROOT}'
+    linux = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    mac = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PATH": mac_path(tmp_path)})
+    assert linux.returncode == 0 and mac.returncode == 0, mac.stderr
+    assert re.fullmatch(r"[0-9a-f]{16}\n", linux.stdout)
+    assert mac.stdout == linux.stdout
+
+
+def test_predict_sh_auto_on_macos_prefers_the_local_environment(tmp_path, stand_in_venv):
+    venv, pip_log = stand_in_venv
+    (venv / ".requirements.sha256").write_text(f"{requirements_hash()} requirements.txt\n")
+    docker_log = tmp_path / "docker.log"
+    path = mac_path(tmp_path, fakes={"docker": f'echo "docker $*" >> {docker_log}; exit 0\n'})  # Docker Desktop answers
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWENVL_")}
+    env.update(PATH=path, QWENVL_VENV=str(venv))
+    r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--version"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("predict.py ")
+    assert r.stderr.splitlines() == [
+        "predict.sh: macOS: running in the local virtual environment, not Docker "
+        "(containers cannot use the Apple GPU; QWENVL_MODE=docker forces Docker)"]
+    assert calls(docker_log) == []  # Docker was not even asked
+    assert calls(pip_log) == []  # the hash matched without sha256sum: no reinstall
+    # Asked for explicitly, Docker is still used on macOS.
+    r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--docker", "--version"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert any(line.startswith("docker info") for line in calls(docker_log))
+    # --quiet: not even the macOS line.
+    r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--version", "--quiet"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == ""
