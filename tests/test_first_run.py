@@ -111,8 +111,8 @@ def toolbox(tmp_path: Path, without: tuple[str, ...] = (), fakes: dict[str, str]
     """A PATH with a link to each command on this PATH except `without`, and
     `fakes` (name -> bash body) in front: a machine that lacks those tools."""
     links, fake_dir = tmp_path / "tools", tmp_path / "fakes"
-    links.mkdir(exist_ok=True)
-    fake_dir.mkdir(exist_ok=True)
+    links.mkdir(parents=True, exist_ok=True)
+    fake_dir.mkdir(parents=True, exist_ok=True)
     for folder in os.environ["PATH"].split(os.pathsep):
         if not os.path.isdir(folder):
             continue
@@ -263,3 +263,147 @@ def test_predict_sh_auto_on_macos_prefers_the_local_environment(tmp_path, stand_
     r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--version", "--quiet"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == ""
+
+
+# --- GPUs and drivers: build.sh's base image, predict.sh's GPU line -----------
+
+
+def nvidia_smi(driver: str) -> str:
+    """An nvidia-smi that knows one GPU with `driver`, and answers only what the scripts ask."""
+    return f"""
+case "$*" in
+  -L) echo "GPU 0: Tesla T4 (UUID: GPU-00000000-0000-0000-0000-000000000000)" ;;
+  "--query-gpu=driver_version --format=csv,noheader") echo "{driver}" ;;
+  *) echo "unexpected arguments: $*" >&2; exit 9 ;;
+esac
+"""
+
+
+def build_dry(tmp_path, *args, fakes=None, without=()) -> subprocess.CompletedProcess:
+    """build.sh's docker build command (QWENVL_DOCKER_DRY_RUN=1), with no engine to ask."""
+    path = toolbox(tmp_path, without=("nvidia-smi", "nvidia-ctk", "nvidia-container-cli", *without,
+                                      *(fakes or {})), fakes=fakes)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWENVL_", "BASE_IMAGE"))}
+    env.update(PATH=path, QWENVL_DOCKER_DRY_RUN="1", DOCKER_HOST="unix:///nonexistent/docker.sock")
+    return subprocess.run(["bash", str(ROOT / "build.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def build_args(r: subprocess.CompletedProcess) -> dict:
+    words = r.stdout.splitlines()
+    assert words[:2] == ["docker", "build"] and words[-1] == str(ROOT), words
+    pairs = [words[i + 1] for i, w in enumerate(words) if w in ("--build-arg", "--label")]
+    return dict(p.split("=", 1) for p in pairs)
+
+
+GPU_HOST = {"nvidia-ctk": "exit 0\n"}  # the NVIDIA container toolkit is installed
+
+
+def test_build_picks_cuda_12_6_for_a_driver_older_than_580(tmp_path):
+    r = build_dry(tmp_path, fakes={**GPU_HOST, "nvidia-smi": nvidia_smi("535.183.01")})
+    assert r.returncode == 0, r.stderr
+    a = build_args(r)
+    assert a["BASE_IMAGE"] == "pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime"
+    assert a["org.qwenvl.variant"] == "cuda12.6" and "TORCH_INDEX_URL" not in a
+    assert ("build.sh: NVIDIA driver 535.183.01 is older than 580 (needed by CUDA 13.0): using the CUDA 12.6 "
+            "base image pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime") in r.stderr.splitlines()
+
+
+def test_build_keeps_cuda_13_0_for_driver_580_and_newer(tmp_path):
+    for driver in ("580.65.06", "590.10"):
+        r = build_dry(tmp_path / driver, fakes={**GPU_HOST, "nvidia-smi": nvidia_smi(driver)})
+        assert r.returncode == 0, r.stderr
+        a = build_args(r)
+        assert a["BASE_IMAGE"] == "pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime"
+        assert a["org.qwenvl.variant"] == "cuda13.0" and "older" not in r.stderr
+
+
+def test_build_warns_when_even_cuda_12_6_is_too_new_for_the_driver(tmp_path):
+    r = build_dry(tmp_path, "--cuda", fakes={**GPU_HOST, "nvidia-smi": nvidia_smi("470.256.02")})
+    assert r.returncode == 0 and build_args(r)["org.qwenvl.variant"] == "cuda12.6"
+    assert "older than 525 too: containers will run on the CPU" in r.stderr
+
+
+def test_the_default_cuda_base_is_the_dockerfiles(tmp_path):
+    first = next(ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.startswith("ARG BASE_IMAGE="))
+    r = build_dry(tmp_path, "--cuda")  # no driver on this host
+    assert build_args(r)["BASE_IMAGE"] == first.split("=", 1)[1]
+    assert "no NVIDIA driver found here" in r.stderr
+
+
+def test_build_auto_makes_the_cpu_image_without_an_nvidia_runtime(tmp_path):
+    r = build_dry(tmp_path)
+    assert r.returncode == 0, r.stderr
+    a = build_args(r)
+    assert a["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert a["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert a["org.qwenvl.variant"] == "cpu"
+    assert r.stderr.splitlines() == [
+        "build.sh: no NVIDIA GPU runtime on this host: building the CPU-only image (--cuda builds the CUDA one)"]
+    # A GPU without the container toolkit: containers cannot use it either.
+    r = build_dry(tmp_path / "gpu", fakes={"nvidia-smi": nvidia_smi("580.65.06")})
+    assert build_args(r)["org.qwenvl.variant"] == "cpu" and "no NVIDIA container toolkit" in r.stderr
+
+
+def test_build_cpu_and_custom_bases_are_explicit(tmp_path):
+    r = build_dry(tmp_path, "--cpu", "--torch-index", "https://mirror.example/torch-cpu",
+                  fakes={**GPU_HOST, "nvidia-smi": nvidia_smi("580.65.06")})
+    a = build_args(r)
+    assert a["org.qwenvl.variant"] == "cpu" and a["TORCH_INDEX_URL"] == "https://mirror.example/torch-cpu"
+    assert r.stderr == ""
+    r = build_dry(tmp_path / "custom", "--base-image", "my/torch:1")
+    a = build_args(r)
+    assert a["BASE_IMAGE"] == "my/torch:1" and a["org.qwenvl.variant"] == "custom" and "TORCH_INDEX_URL" not in a
+    r = build_dry(tmp_path / "bad", "--gpu-please")
+    assert r.returncode == 2 and r.stderr.splitlines() == ["build.sh: unknown option: --gpu-please (bash build.sh --help)"]
+
+
+def test_build_dry_run_with_macos_tools(tmp_path):
+    r = build_dry(tmp_path, "--cpu", fakes=MAC_FAKES, without=("sha256sum",))
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"[0-9a-f]{16}", build_args(r)["org.qwenvl.source"])
+
+
+def predict_in_fake_docker(tmp_path, variant: str, runtimes: str, fakes: dict[str, str] | None = None,
+                           **env) -> tuple[str, list[str]]:
+    """predict.sh in Docker mode against a docker stand-in: (its last stderr line, the `docker run` words)."""
+    log = tmp_path / "docker.log"
+    docker = f"""
+case "$1" in
+  info) echo '{runtimes} ["name=seccomp"]' ;;
+  image) case "$*" in *org.qwenvl.variant*) echo "{variant}" ;; *) echo "<no value>" ;; esac ;;
+  run) printf '%s\\n' "$@" > {log} ;;
+esac
+"""
+    path = toolbox(tmp_path, without=("nvidia-smi", "nvidia-ctk", "nvidia-container-cli", "docker",
+                                      *(fakes or {})), fakes={"docker": docker, **(fakes or {})})
+    full = {k: v for k, v in os.environ.items() if not k.startswith("QWENVL_")}
+    full.update(PATH=path, QWENVL_MODE="docker", QWENVL_HF_CACHE=str(tmp_path / "hf"), **env)
+    r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--version"], cwd=tmp_path, env=full,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stderr.splitlines()[-1], calls(log)
+
+
+NVIDIA_RUNTIME = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}'
+NO_RUNTIME = '{"runc":{"path":"runc"}}'
+
+
+@pytest.mark.parametrize("case", [
+    # (image variant, engine runtimes, host driver or None, --gpus expected, the line predict.sh says)
+    ("cuda13.0", NVIDIA_RUNTIME, "580.65.06", True, "on the GPU (NVIDIA driver 580.65.06; QWENVL_GPUS=none for the CPU)"),
+    ("cuda13.0", NVIDIA_RUNTIME, "535.183.01", False,
+     "on the CPU: NVIDIA driver 535.183.01 is older than 580, which this image's 13.0 CUDA needs"),
+    ("cuda12.6", NVIDIA_RUNTIME, "535.183.01", True, "on the GPU (NVIDIA driver 535.183.01;"),
+    ("cpu", NVIDIA_RUNTIME, "580.65.06", False, "on the CPU: the image is the CPU-only build"),
+    ("cuda13.0", NVIDIA_RUNTIME, None, True, "with --gpus all (the NVIDIA driver version cannot be read here"),
+    ("cuda13.0", NO_RUNTIME, None, False, "on the CPU (no NVIDIA runtime in Docker)"),
+    ("cuda13.0", NO_RUNTIME, "580.65.06", False, "on the CPU: this host has an NVIDIA GPU but Docker cannot use it"),
+], ids=["new-driver", "old-driver", "cuda12.6-image", "cpu-image", "driver-unknown", "no-runtime", "no-toolkit"])
+def test_predict_sh_says_on_the_gpu_only_when_one_is_used(tmp_path, case):
+    variant, runtimes, driver, gpus, said = case
+    fakes = {"nvidia-smi": nvidia_smi(driver)} if driver else {}
+    line, run = predict_in_fake_docker(tmp_path, variant, runtimes, fakes)
+    assert line.startswith(f"predict.sh: running in Docker (image qwenvl:latest) {said}"), line
+    assert ("--gpus" in run) == gpus and run[0] == "run", run
+    assert ("on the GPU" in line) == (gpus and driver is not None and variant != "cpu")
