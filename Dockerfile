@@ -47,13 +47,14 @@ ENV SSL_CERT_FILE=/opt/qwenvl/ca-bundle.pem \
 COPY requirements.txt /opt/qwenvl/requirements.txt
 ARG TORCH_INDEX_URL
 # (PIP_BREAK_SYSTEM_PACKAGES: a base whose python3 is the distribution's own.)
-RUN set -eu; export PIP_BREAK_SYSTEM_PACKAGES=1; \
+ENV PIP_BREAK_SYSTEM_PACKAGES=1
+RUN set -eu; \
     if [ -n "${TORCH_INDEX_URL:-}" ]; then \
       pins="$(grep -E '^(torch|torchvision)==' /opt/qwenvl/requirements.txt | cut -d' ' -f1 | tr '\n' ' ')"; \
       echo "installing $pins from $TORCH_INDEX_URL"; \
       python3 -m pip install --index-url "$TORCH_INDEX_URL" $pins; \
-    fi; \
-    python3 -m pip install -r /opt/qwenvl/requirements.txt; \
+    fi
+RUN python3 -m pip install -r /opt/qwenvl/requirements.txt && \
     python3 -c "import torch, torchvision, transformers, qwen_vl_utils, pypdfium2, av; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # A non-root user. Its home and the Hugging Face cache are writable by any
