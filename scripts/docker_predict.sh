@@ -284,10 +284,10 @@ _qv_gpu_args() {
       return 0 ;;
     auto) ;;
     *)
-      GPU_ARGS=(--gpus "$want")
-      if [ "$variant" = cpu ]; then
-        GPU_WHAT="on the CPU: the image is the CPU-only build, --gpus $want changes nothing (bash build.sh --cuda)"
+      if [ "$variant" = cpu ]; then  # no CUDA in it: --gpus could only fail
+        GPU_WHAT="on the CPU: the image is the CPU-only build, so QWENVL_GPUS=$want is ignored (bash build.sh --cuda)"
       else
+        GPU_ARGS=(--gpus "$want")
         GPU_WHAT="with --gpus $want (the CLI says so if it cannot use CUDA)"
       fi
       return 0 ;;

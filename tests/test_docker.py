@@ -424,6 +424,36 @@ def test_usage_error_and_missing_file(in_docker, tiny_model, files, tmp_path):
 
 
 @pytest.mark.docker
+def test_cpu_variant_builds_and_runs(base_image, tiny_model, files, tmp_path):
+    # build.sh --cpu installs torch and torchvision from a torch index before
+    # requirements.txt. Neither python:3.11-slim nor PyTorch's CPU index can be
+    # reached here, so this runs that build path on the local base, whose
+    # pinned torch is already installed, with the index a closed port: pip
+    # must find the pins satisfied and never ask it (docs/testing.md).
+    tag = "qwenvl-test-cpu:latest"
+    index = "http://127.0.0.1:9/simple"
+    try:
+        args = ["bash", str(ROOT / "build.sh"), "--cpu", "--tag", tag, "--base-image", base_image,
+                "--torch-index", index]
+        if Path(CA_BUNDLE).is_file():
+            args += ["--ca-bundle", CA_BUNDLE]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=_env())
+        assert r.returncode == 0, r.stderr[-4000:]
+        assert f"installing torch==2.14.1 torchvision==0.29.1  from {index}" in r.stderr
+        labels = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
+        assert labels["org.qwenvl.variant"] == "cpu"
+        r = predict_sh("--image", files["jpeg"], "--model", tiny_model, "--max-new-tokens", "4", cwd=tmp_path,
+                       QWENVL_MODE="docker", QWENVL_IMAGE=tag, QWENVL_GPUS="all", QWENVL_HF_CACHE=tmp_path / "hf",
+                       HF_HUB_OFFLINE=1)
+        assert r.returncode == 0, r.stderr.decode()[-3000:]
+        assert (f"predict.sh: running in Docker (image {tag}) on the CPU: the image is the CPU-only build, "
+                "so QWENVL_GPUS=all is ignored") in r.stderr.decode()
+        assert r.stdout.strip()
+    finally:
+        _docker("rmi", tag)
+
+
+@pytest.mark.docker
 def test_built_on_first_use_and_with_a_baked_model(base_image, image, tiny_model, files, tmp_path):
     first = "qwenvl-test-first-use:latest"
     _docker("rmi", first)

@@ -407,3 +407,11 @@ def test_predict_sh_says_on_the_gpu_only_when_one_is_used(tmp_path, case):
     assert line.startswith(f"predict.sh: running in Docker (image qwenvl:latest) {said}"), line
     assert ("--gpus" in run) == gpus and run[0] == "run", run
     assert ("on the GPU" in line) == (gpus and driver is not None and variant != "cpu")
+
+
+def test_predict_sh_never_passes_gpus_to_the_cpu_image(tmp_path):
+    line, run = predict_in_fake_docker(tmp_path, "cpu", NVIDIA_RUNTIME, {"nvidia-smi": nvidia_smi("580.65.06")},
+                                       QWENVL_GPUS="all")
+    assert "--gpus" not in run
+    assert line == ("predict.sh: running in Docker (image qwenvl:latest) on the CPU: the image is the CPU-only "
+                    "build, so QWENVL_GPUS=all is ignored (bash build.sh --cuda)")
