@@ -28,17 +28,36 @@
 #   model   read-only, when it is an existing folder (else it is a hub id)
 #   batch   read-only: files, folders, a glob's fixed leading folder, @lists
 #           and the paths they list
-# A new flag that takes a path needs one line here.
-_qv_flag_kind() {
-  case "$1" in
-    --image|--video|--schema) KIND=in ;;
-    --images) KIND=in+ ;;
-    --model) KIND=model ;;
-    --output|-o|--history|--annotate) KIND=out ;;
-    --output-dir) KIND=outdir ;;
-    --batch) KIND=batch+ ;;
-    *) return 1 ;;
-  esac
+# A new flag that takes a path needs one line here; tests/test_docker.py checks
+# that these are exactly the CLI parser's path-taking flags (_qv_flag_table
+# prints the table).
+_QV_FLAG_TABLE="--image in
+--video in
+--schema in
+--images in+
+--model model
+--output out
+-o out
+--history out
+--annotate out
+--output-dir outdir
+--batch batch+"
+
+_qv_flag_table() {
+  printf '%s\n' "$_QV_FLAG_TABLE"
+}
+
+_qv_flag_kind() {  # sets KIND for a path-taking flag; fails for any other argument
+  local flag kind
+  while read -r flag kind; do
+    if [ "$flag" = "$1" ]; then
+      KIND="$kind"
+      return 0
+    fi
+  done <<EOF_TABLE
+$_QV_FLAG_TABLE
+EOF_TABLE
+  return 1
 }
 
 # Variables passed through to the container when set.

@@ -488,3 +488,55 @@ def test_container_tier_skip_names_its_reason_and_the_command(tmp_path):
     skip = [ln for ln in r.stdout.splitlines() if ln.startswith("SKIPPED")]
     assert len(skip) == 1 and "container tier: no Docker engine (" in skip[0], r.stdout[-2000:]
     assert "/nonexistent/docker.sock" in skip[0] and ENABLE in skip[0]
+
+
+# --- the flags predict.sh mounts are the CLI's path-taking flags ---------------
+
+PATH_METAVAR = r"^(SRC|FILE|PATH|DIR)$|\.[A-Za-z0-9]+$"  # SRC, FILE, PATH, DIR, or a file name like OUT.png
+
+
+def parser_path_flags() -> dict[str, bool]:
+    """option string -> takes several values, for every flag of the CLI's parser that names a path.
+
+    Derived from the parser (metavars; --model, which may be a local folder),
+    never listed here: a new path flag shows up by itself."""
+    import re
+
+    sys.path.insert(0, str(ROOT))
+    from qwenvl.cli import build_parser
+
+    found = {}
+    for action in build_parser()._actions:
+        metavar = action.metavar if isinstance(action.metavar, str) else ""
+        if re.search(PATH_METAVAR, metavar) or action.dest == "model":
+            for option in action.option_strings:
+                found[option] = action.nargs in ("+", "*")
+    return found
+
+
+def script_path_flags() -> dict[str, bool]:
+    r = subprocess.run(["bash", "-c", ". scripts/docker_predict.sh && _qv_flag_table"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = dict(line.split() for line in r.stdout.splitlines())
+    kinds = {"in", "out", "outdir", "model", "batch"}
+    assert {k.rstrip("+") for k in table.values()} <= kinds, table
+    return {flag: kind.endswith("+") for flag, kind in table.items()}
+
+
+def test_mounted_flags_are_exactly_the_parsers_path_flags():
+    parser, script = parser_path_flags(), script_path_flags()
+    assert {"--image", "--output", "--model"} <= set(parser)  # the derivation finds what it must
+    assert script == parser, (f"only in scripts/docker_predict.sh: {sorted(set(script) - set(parser))}; "
+                              f"only in the parser: {sorted(set(parser) - set(script))}")
+
+
+def test_every_path_flag_of_the_table_is_mounted(tmp_path):
+    # Each flag of the table, given an existing file outside the current folder, yields a mount.
+    (tmp_path / "cwd").mkdir()
+    for flag in script_path_flags():
+        target = tmp_path / flag.strip("-") / "x.json"
+        target.parent.mkdir()
+        target.write_text("{}")
+        m = mounts(dry_run(flag, target, cwd=tmp_path / "cwd"))
+        assert str(target) in m or str(target.parent) in m, (flag, m)
