@@ -415,3 +415,44 @@ def test_predict_sh_never_passes_gpus_to_the_cpu_image(tmp_path):
     assert "--gpus" not in run
     assert line == ("predict.sh: running in Docker (image qwenvl:latest) on the CPU: the image is the CPU-only "
                     "build, so QWENVL_GPUS=all is ignored (bash build.sh --cuda)")
+
+
+# --- a machine with no virtual environment, no Hugging Face cache -------------
+
+
+def test_venv_is_made_on_first_use(tmp_path):
+    # python3 -m venv stands in (the real one takes minutes with the pinned
+    # torch); the script's part is what it runs and records.
+    log, venv = tmp_path / "calls.log", tmp_path / "new-venv"
+    python3 = f"""
+echo "python3 $*" >> {log}
+[ "$1 $2" = "-m venv" ] || exit 3
+mkdir -p "$3/bin"
+printf '#!/usr/bin/env bash\\necho "venv-python $*" >> {log}\\n' > "$3/bin/python"
+chmod +x "$3/bin/python"
+"""
+    env = {**os.environ, "PATH": toolbox(tmp_path, without=("python3",), fakes={"python3": python3})}
+    script = f'. scripts/venv.sh && ensure_venv {venv} {ROOT / "requirements.txt"}'
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""  # progress on stderr only: predict.sh's stdout is results
+    assert f"setting up a virtual environment in {venv} (first run only" in r.stderr
+    assert calls(log) == [f"python3 -m venv {venv}",
+                          f"venv-python -m pip install --disable-pip-version-check -q -r {ROOT / 'requirements.txt'}"]
+    assert (venv / ".requirements.sha256").read_text() == f"{requirements_hash()} requirements.txt\n"
+
+
+def test_predict_sh_makes_a_missing_hugging_face_cache_folder(tmp_path):
+    # A new user has no ~/.cache/huggingface: predict.sh creates it (as the
+    # user, so the container's writes belong to them) and mounts it.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWENVL_", "HF_", "XDG_"))}
+    env.update(HOME=str(home), QWENVL_MODE="docker", QWENVL_DOCKER_DRY_RUN="1")
+    r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--image", "x.jpg"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cache = home / ".cache" / "huggingface"
+    assert cache.is_dir() and cache.stat().st_uid == os.getuid()
+    words = r.stdout.splitlines()
+    assert f"type=bind,source={cache},target=/cache/huggingface" in words
