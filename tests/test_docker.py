@@ -540,3 +540,16 @@ def test_every_path_flag_of_the_table_is_mounted(tmp_path):
         target.write_text("{}")
         m = mounts(dry_run(flag, target, cwd=tmp_path / "cwd"))
         assert str(target) in m or str(target.parent) in m, (flag, m)
+
+
+def test_the_docs_the_docker_files_point_to_exist_and_list_every_build_option():
+    import re
+
+    for name in ("Dockerfile", "build.sh", "predict.sh", "test.sh", ".ci/run"):
+        for doc in re.findall(r"docs/[\w-]+\.md", (ROOT / name).read_text()):
+            assert (ROOT / doc).is_file(), f"{name} points to {doc}, which does not exist"
+    help_text = subprocess.run(["bash", str(ROOT / "build.sh"), "--help"], capture_output=True, text=True).stdout
+    options = set(re.findall(r"^  (--[a-z-]+)", help_text, re.M))
+    assert {"--cpu", "--cuda", "--base-image", "--ca-bundle"} <= options
+    doc = (ROOT / "docs" / "docker.md").read_text()
+    assert not {o for o in options if f"`{o}" not in doc}, "build.sh options missing from docs/docker.md"
