@@ -50,7 +50,7 @@ ARG TORCH_INDEX_URL
 ENV PIP_BREAK_SYSTEM_PACKAGES=1
 RUN set -eu; \
     if [ -n "${TORCH_INDEX_URL:-}" ]; then \
-      pins="$(grep -E '^(torch|torchvision)==' /opt/qwenvl/requirements.txt | cut -d' ' -f1 | tr '\n' ' ')"; \
+      pins="$(grep -E '^(torch|torchvision)==' /opt/qwenvl/requirements.txt | cut -d' ' -f1 | tr '\n' ' ')"; pins="${pins% }"; \
       echo "installing $pins from $TORCH_INDEX_URL"; \
       python3 -m pip install --index-url "$TORCH_INDEX_URL" $pins; \
     fi
