@@ -5,7 +5,13 @@
 # BASE_IMAGE: any image whose `python3` runs the pinned torch. The default is
 # PyTorch's official CUDA 13.0 runtime image with torch 2.14.1 preinstalled, so
 # `pip install` below only adds the smaller packages. CUDA 13.0 needs an NVIDIA
-# driver 580 or newer on GPU hosts; without a GPU it runs on the CPU.
+# driver 580 or newer on GPU hosts (build.sh picks the CUDA 12.6 image,
+# pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime, for older drivers); without a
+# GPU it runs on the CPU.
+# The CPU-only variant (build.sh --cpu): BASE_IMAGE=python:3.11-slim-bookworm
+# and TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu, from which torch and
+# torchvision are installed first, so that requirements.txt finds them there
+# and PyPI's CUDA wheels are never fetched.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
@@ -39,8 +45,16 @@ ENV SSL_CERT_FILE=/opt/qwenvl/ca-bundle.pem \
 
 # Dependencies first: a change to the code below does not reinstall them.
 COPY requirements.txt /opt/qwenvl/requirements.txt
+ARG TORCH_INDEX_URL
 # (PIP_BREAK_SYSTEM_PACKAGES: a base whose python3 is the distribution's own.)
-RUN PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -r /opt/qwenvl/requirements.txt && \
+ENV PIP_BREAK_SYSTEM_PACKAGES=1
+RUN set -eu; \
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then \
+      pins="$(grep -E '^(torch|torchvision)==' /opt/qwenvl/requirements.txt | cut -d' ' -f1 | tr '\n' ' ')"; pins="${pins% }"; \
+      echo "installing $pins from $TORCH_INDEX_URL"; \
+      python3 -m pip install --index-url "$TORCH_INDEX_URL" $pins; \
+    fi
+RUN python3 -m pip install -r /opt/qwenvl/requirements.txt && \
     python3 -c "import torch, torchvision, transformers, qwen_vl_utils, pypdfium2, av; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # A non-root user. Its home and the Hugging Face cache are writable by any

@@ -7,7 +7,8 @@
 #   bash predict.sh --venv --image photo.jpg      # force a mode (or --docker)
 #
 # QWENVL_MODE=auto|docker|venv picks the mode (default auto: Docker when its
-# engine answers and the image exists or can be built). Container settings
+# engine answers and the image exists or can be built; on macOS always the
+# local environment, whose PyTorch can use the Apple GPU). Container settings
 # (QWENVL_IMAGE, QWENVL_GPUS, QWENVL_HF_CACHE, ...) are described in
 # scripts/docker_predict.sh and docs/docker.md.
 set -euo pipefail
@@ -56,7 +57,9 @@ case "$mode" in
   auto)
     # shellcheck source=scripts/docker_lib.sh
     . "$HERE/scripts/docker_lib.sh"
-    if qwenvl_docker_ok; then
+    if qwenvl_is_macos; then
+      note "macOS: running in the local virtual environment, not Docker (containers cannot use the Apple GPU; QWENVL_MODE=docker forces Docker)"
+    elif qwenvl_docker_ok; then
       run_docker "$@" || note "the Docker image could not be built: running in the local virtual environment instead (QWENVL_MODE=venv skips Docker)"
     else
       note "Docker is not available ($DOCKER_UNAVAILABLE): running in the local virtual environment"

@@ -4,10 +4,13 @@
 #   bash test.sh            # everything
 #   bash test.sh -k pdf     # a subset
 #   bash test.sh -m 'not docker'   # without the container tier
-# The container tier (tests/test_docker.py) runs when a Docker engine answers;
-# as root with apt-get (CI), this script installs docker.io, debootstrap and
-# the shell linter when missing and starts dockerd for the run
-# (QWENVL_TEST_PROVISION=0 turns that off). Without an engine that tier is reported as skipped, with why.
+# The container tier (tests/test_docker.py) runs when a Docker engine answers
+# (and, for its local base image, as root with debootstrap); otherwise it is
+# reported as skipped, with the reason and the command that enables it.
+# Nothing is installed or started unless asked:
+#   QWENVL_TEST_PROVISION=1 bash test.sh   # as root: apt-get install docker.io,
+#                                          # debootstrap, shellcheck; start dockerd
+# .ci/run does that on a fresh base image (docs/testing.md).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE"

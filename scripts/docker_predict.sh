@@ -11,7 +11,9 @@
 # Settings (environment):
 #   QWENVL_IMAGE        image tag (default qwenvl:latest); built on first use
 #   QWENVL_GPUS         auto (default: all GPUs when Docker has the NVIDIA
-#                       runtime), none (CPU), or a --gpus value (all, device=1)
+#                       runtime, the image is a CUDA build and the driver is
+#                       new enough for its CUDA), none (CPU), or a --gpus
+#                       value (all, device=1)
 #   QWENVL_HF_CACHE     host folder for the Hugging Face cache (default
 #                       $HF_HOME, else ~/.cache/huggingface)
 #   QWENVL_DOCKER_USER  uid:gid the container runs as (default: yours)
@@ -26,17 +28,36 @@
 #   model   read-only, when it is an existing folder (else it is a hub id)
 #   batch   read-only: files, folders, a glob's fixed leading folder, @lists
 #           and the paths they list
-# A new flag that takes a path needs one line here.
-_qv_flag_kind() {
-  case "$1" in
-    --image|--video|--schema) KIND=in ;;
-    --images) KIND=in+ ;;
-    --model) KIND=model ;;
-    --output|-o|--history|--annotate) KIND=out ;;
-    --output-dir) KIND=outdir ;;
-    --batch) KIND=batch+ ;;
-    *) return 1 ;;
-  esac
+# A new flag that takes a path needs one line here; tests/test_docker.py checks
+# that these are exactly the CLI parser's path-taking flags (_qv_flag_table
+# prints the table).
+_QV_FLAG_TABLE="--image in
+--video in
+--schema in
+--images in+
+--model model
+--output out
+-o out
+--history out
+--annotate out
+--output-dir outdir
+--batch batch+"
+
+_qv_flag_table() {
+  printf '%s\n' "$_QV_FLAG_TABLE"
+}
+
+_qv_flag_kind() {  # sets KIND for a path-taking flag; fails for any other argument
+  local flag kind
+  while read -r flag kind; do
+    if [ "$flag" = "$1" ]; then
+      KIND="$kind"
+      return 0
+    fi
+  done <<EOF_TABLE
+$_QV_FLAG_TABLE
+EOF_TABLE
+  return 1
 }
 
 # Variables passed through to the container when set.
@@ -268,30 +289,54 @@ _qv_csv() {
   esac
 }
 
-_qv_gpu_args() {  # sets GPU_ARGS and GPU_WHAT
-  local want="${QWENVL_GPUS:-auto}"
+# Sets GPU_ARGS (the docker run options) and GPU_WHAT (what predict.sh says).
+# "on the GPU" only when a GPU will be used: the engine can hand it over, the
+# image is a CUDA build, and the host's driver is new enough for its CUDA.
+# $1: the image's org.qwenvl.variant label (cpu, cuda13.0, cuda12.6, cuda,
+# custom; empty when unknown).
+_qv_gpu_args() {
+  local want="${QWENVL_GPUS:-auto}" variant="$1" need driver
   GPU_ARGS=()
   case "$want" in
     none|off|cpu|no|0|false)
-      GPU_WHAT="on the CPU (QWENVL_GPUS=$want)" ;;
-    auto)
-      if printf '%s' "$_QV_INFO" | grep -q '"nvidia'; then
-        GPU_ARGS=(--gpus all)
-        GPU_WHAT="on the GPU (NVIDIA runtime found; QWENVL_GPUS=none for the CPU)"
-      elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        if command -v nvidia-container-cli >/dev/null 2>&1 || command -v nvidia-ctk >/dev/null 2>&1; then
-          GPU_ARGS=(--gpus all)
-          GPU_WHAT="on the GPU (NVIDIA container toolkit found; QWENVL_GPUS=none for the CPU)"
-        else
-          GPU_WHAT="on the CPU: this host has an NVIDIA GPU but Docker cannot use it (install the NVIDIA container toolkit)"
-        fi
-      else
-        GPU_WHAT="on the CPU (no NVIDIA runtime in Docker)"
-      fi ;;
+      GPU_WHAT="on the CPU (QWENVL_GPUS=$want)"
+      return 0 ;;
+    auto) ;;
     *)
-      GPU_ARGS=(--gpus "$want")
-      GPU_WHAT="on the GPU (--gpus $want)" ;;
+      if [ "$variant" = cpu ]; then  # no CUDA in it: --gpus could only fail
+        GPU_WHAT="on the CPU: the image is the CPU-only build, so QWENVL_GPUS=$want is ignored (bash build.sh --cuda)"
+      else
+        GPU_ARGS=(--gpus "$want")
+        GPU_WHAT="with --gpus $want (the CLI says so if it cannot use CUDA)"
+      fi
+      return 0 ;;
   esac
+  qwenvl_gpu_state "$_QV_INFO"
+  case "$QWENVL_GPU_STATE" in
+    none)
+      GPU_WHAT="on the CPU (no NVIDIA runtime in Docker)"
+      return 0 ;;
+    no-toolkit)
+      GPU_WHAT="on the CPU: this host has an NVIDIA GPU but Docker cannot use it (install the NVIDIA container toolkit)"
+      return 0 ;;
+  esac
+  if [ "$variant" = cpu ]; then
+    GPU_WHAT="on the CPU: the image is the CPU-only build (bash build.sh --cuda builds the CUDA one)"
+    return 0
+  fi
+  need="$(qwenvl_variant_min_driver "$variant")"
+  if ! driver="$(qwenvl_driver_version)"; then
+    GPU_ARGS=(--gpus all)
+    GPU_WHAT="with --gpus all (the NVIDIA driver version cannot be read here; the CLI says so if it cannot use CUDA)"
+  elif [ -n "$need" ] && [ "${driver%%.*}" -lt "$need" ]; then
+    GPU_WHAT="on the CPU: NVIDIA driver $driver is older than $need, which this image's ${variant#cuda} CUDA needs (bash build.sh rebuilds it for this driver)"
+  elif [ -n "$need" ]; then
+    GPU_ARGS=(--gpus all)
+    GPU_WHAT="on the GPU (NVIDIA driver $driver; QWENVL_GPUS=none for the CPU)"
+  else
+    GPU_ARGS=(--gpus all)
+    GPU_WHAT="with --gpus all (image of unknown CUDA version, driver $driver; the CLI says so if it cannot use CUDA)"
+  fi
 }
 
 # Make sure the image exists (build it on first use); warn when it is older
@@ -307,6 +352,13 @@ _qv_ensure_image() {
     _qv_note "warning: image $image was built from other sources than this checkout: run bash build.sh to update it"
   fi
   return 0
+}
+
+# The image's variant label (cpu, cuda13.0, ...), empty when unknown.
+_qv_image_variant() {
+  local v
+  v="$(docker image inspect --format '{{index .Config.Labels "org.qwenvl.variant"}}' "$1" 2>/dev/null)" || return 0
+  case "$v" in "<no value>") ;; *) printf '%s' "$v" ;; esac
 }
 
 # docker_predict HERE ARGS...: runs the CLI in the container (exec: never returns
@@ -345,7 +397,7 @@ docker_predict() {
   fi
   run+=(--user "$user")
 
-  _qv_gpu_args
+  _qv_gpu_args "$(_qv_image_variant "$image")"
   run+=(${GPU_ARGS[@]+"${GPU_ARGS[@]}"})
 
   # shellcheck disable=SC2086  # lists of names: split on purpose

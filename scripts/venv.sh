@@ -3,11 +3,17 @@
 # with the pinned requirements, (re)installing only when a requirements file
 # changed. All output goes to stderr, so stdout keeps only results.
 #   ensure_venv VENV_DIR REQUIREMENTS_FILE
+# Plain bash 3.2 (macOS) compatible.
+
+# shellcheck source=scripts/portable.sh
+. "$(dirname "${BASH_SOURCE[0]}")/portable.sh"
+
 ensure_venv() {
   local venv="$1" req="$2" root stamp want have
   root="$(cd "$(dirname "$req")" && pwd)"
   stamp="$venv/.requirements.sha256"
-  want="$(cat "$root"/requirements*.txt | sha256sum | cut -d' ' -f1) $(basename "$req")"
+  want="$(cat "$root"/requirements*.txt | qwenvl_sha256)" || return 1
+  want="$want $(basename "$req")"
   have="$(cat "$stamp" 2>/dev/null || true)"
   if [ -x "$venv/bin/python" ] && { [ "$have" = "$want" ] || [[ "$have" == "${want%% *} requirements-dev.txt" ]]; }; then
     return 0

@@ -232,15 +232,30 @@ def test_dockerfile_installs_dependencies_before_the_code():
 # --- the container tier -------------------------------------------------------
 
 
+ENABLE = "QWENVL_TEST_PROVISION=1 bash test.sh"  # the one command that enables the container tier (as root)
+
+
+def no_engine_reason() -> str | None:
+    """Why the container tier cannot run here, with the command that enables it; None when it can."""
+    if not shutil.which("docker"):
+        why = "the docker command is not installed"
+    else:
+        r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return None
+        why = (r.stderr.strip().splitlines() or ["docker info failed"])[-1]
+    why = os.environ.get("QWENVL_DOCKER_START_ERROR") or why
+    if ENABLE not in why:
+        why += f"; to run it: {ENABLE} (as root: installs docker.io and debootstrap, starts dockerd)"
+    return f"container tier: no Docker engine ({why})"
+
+
 @pytest.fixture(scope="module")
 def engine():
-    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True) \
-        if shutil.which("docker") else None
-    if r is None or r.returncode != 0:
-        why = os.environ.get("QWENVL_DOCKER_START_ERROR") or (
-            "the docker command is not installed" if r is None else r.stderr.strip().splitlines()[-1])
-        pytest.skip(f"container tier: no Docker engine ({why})")
-    return r.stdout.strip()
+    reason = no_engine_reason()
+    if reason:
+        pytest.skip(reason)
+    return _docker("info", "--format", "{{.ServerVersion}}").stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -251,11 +266,15 @@ def base_image(engine) -> str:
         pytest.skip("container tier: the tests must run from a virtual environment (bash test.sh)")
     if os.getuid() != 0 or not shutil.which("debootstrap"):
         pytest.skip("container tier: the local base image needs root and debootstrap "
-                    "(or set QWENVL_TEST_BASE_IMAGE to an image with the pinned torch)")
+                    f"(as root: {ENABLE}; or set QWENVL_TEST_BASE_IMAGE to an image with the pinned torch)")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), VENV],
                        capture_output=True, text=True, timeout=1800)
+    BASE_LOG.append(r.stderr)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
+
+
+BASE_LOG: list[str] = []  # what docker_test_base.sh said when the fixture ran it
 
 
 def _build(*extra: str, tag: str = TEST_IMAGE, base: str) -> float:
@@ -298,6 +317,19 @@ def files(tmp_path_factory) -> dict:
 
 def _docker(*args) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.docker
+def test_base_image_built_from_nothing_when_asked(base_image):
+    # .ci/run sets QWENVL_TEST_FRESH_BASE=1: the base must then have been made
+    # here, now, as on a machine that never ran the project; not reused.
+    if os.environ.get("QWENVL_TEST_FRESH_BASE") != "1" or not BASE_LOG:
+        pytest.skip("fresh-machine check: only with QWENVL_TEST_FRESH_BASE=1 and the local base "
+                    "(QWENVL_TEST_PROVISION=1 QWENVL_TEST_FRESH_BASE=1 bash test.sh, as .ci/run does)")
+    log = BASE_LOG[0]
+    assert f"built {base_image} in " in log and "reusing" not in log, log
+    left = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", "qwenvl-test-base").stdout.split()
+    assert left == [base_image]
 
 
 @pytest.mark.docker
@@ -392,6 +424,38 @@ def test_usage_error_and_missing_file(in_docker, tiny_model, files, tmp_path):
 
 
 @pytest.mark.docker
+def test_cpu_variant_builds_and_runs(base_image, tiny_model, files, tmp_path):
+    # build.sh --cpu installs torch and torchvision from a torch index before
+    # requirements.txt. Neither python:3.11-slim nor PyTorch's CPU index can be
+    # reached here, so this runs that build path on the local base, whose
+    # pinned torch is already installed, with the index a closed port: pip
+    # must find the pins satisfied and never ask it (docs/testing.md).
+    tag = "qwenvl-test-cpu:latest"
+    index = "http://127.0.0.1:9/simple"
+    try:
+        args = ["bash", str(ROOT / "build.sh"), "--cpu", "--tag", tag, "--base-image", base_image,
+                "--torch-index", index]
+        if Path(CA_BUNDLE).is_file():
+            args += ["--ca-bundle", CA_BUNDLE]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=1800, env=_env())
+        assert r.returncode == 0, r.stderr[-4000:]
+        pins = [ln.split()[0] for ln in (ROOT / "requirements.txt").read_text().splitlines()
+                if ln.startswith(("torch==", "torchvision=="))]
+        assert len(pins) == 2 and f"installing {' '.join(pins)} from {index}" in r.stderr
+        labels = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
+        assert labels["org.qwenvl.variant"] == "cpu"
+        r = predict_sh("--image", files["jpeg"], "--model", tiny_model, "--max-new-tokens", "4", cwd=tmp_path,
+                       QWENVL_MODE="docker", QWENVL_IMAGE=tag, QWENVL_GPUS="all", QWENVL_HF_CACHE=tmp_path / "hf",
+                       HF_HUB_OFFLINE=1)
+        assert r.returncode == 0, r.stderr.decode()[-3000:]
+        assert (f"predict.sh: running in Docker (image {tag}) on the CPU: the image is the CPU-only build, "
+                "so QWENVL_GPUS=all is ignored") in r.stderr.decode()
+        assert r.stdout.strip()
+    finally:
+        _docker("rmi", tag)
+
+
+@pytest.mark.docker
 def test_built_on_first_use_and_with_a_baked_model(base_image, image, tiny_model, files, tmp_path):
     first = "qwenvl-test-first-use:latest"
     _docker("rmi", first)
@@ -414,3 +478,80 @@ def test_built_on_first_use_and_with_a_baked_model(base_image, image, tiny_model
         assert r.stdout.strip()
     finally:
         _docker("rmi", baked)
+
+
+def test_container_tier_skip_names_its_reason_and_the_command(tmp_path):
+    env = {k: v for k, v in _env().items() if k != "QWENVL_DOCKER_START_ERROR"}
+    env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    r = subprocess.run([sys.executable, "-m", "pytest", f"{__file__}::test_image_runs_on_its_own_as_a_non_root_user",
+                        "-rs", "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    skip = [ln for ln in r.stdout.splitlines() if ln.startswith("SKIPPED")]
+    assert len(skip) == 1 and "container tier: no Docker engine (" in skip[0], r.stdout[-2000:]
+    assert "/nonexistent/docker.sock" in skip[0] and ENABLE in skip[0]
+
+
+# --- the flags predict.sh mounts are the CLI's path-taking flags ---------------
+
+PATH_METAVAR = r"^(SRC|FILE|PATH|DIR)$|\.[A-Za-z0-9]+$"  # SRC, FILE, PATH, DIR, or a file name like OUT.png
+
+
+def parser_path_flags() -> dict[str, bool]:
+    """option string -> takes several values, for every flag of the CLI's parser that names a path.
+
+    Derived from the parser (metavars; --model, which may be a local folder),
+    never listed here: a new path flag shows up by itself."""
+    import re
+
+    sys.path.insert(0, str(ROOT))
+    from qwenvl.cli import build_parser
+
+    found = {}
+    for action in build_parser()._actions:
+        metavar = action.metavar if isinstance(action.metavar, str) else ""
+        if re.search(PATH_METAVAR, metavar) or action.dest == "model":
+            for option in action.option_strings:
+                found[option] = action.nargs in ("+", "*")
+    return found
+
+
+def script_path_flags() -> dict[str, bool]:
+    r = subprocess.run(["bash", "-c", ". scripts/docker_predict.sh && _qv_flag_table"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = dict(line.split() for line in r.stdout.splitlines())
+    kinds = {"in", "out", "outdir", "model", "batch"}
+    assert {k.rstrip("+") for k in table.values()} <= kinds, table
+    return {flag: kind.endswith("+") for flag, kind in table.items()}
+
+
+def test_mounted_flags_are_exactly_the_parsers_path_flags():
+    parser, script = parser_path_flags(), script_path_flags()
+    assert {"--image", "--output", "--model"} <= set(parser)  # the derivation finds what it must
+    assert script == parser, (f"only in scripts/docker_predict.sh: {sorted(set(script) - set(parser))}; "
+                              f"only in the parser: {sorted(set(parser) - set(script))}")
+
+
+def test_every_path_flag_of_the_table_is_mounted(tmp_path):
+    # Each flag of the table, given an existing file outside the current folder, yields a mount.
+    (tmp_path / "cwd").mkdir()
+    for flag in script_path_flags():
+        target = tmp_path / flag.strip("-") / "x.json"
+        target.parent.mkdir()
+        target.write_text("{}")
+        m = mounts(dry_run(flag, target, cwd=tmp_path / "cwd"))
+        assert str(target) in m or str(target.parent) in m, (flag, m)
+
+
+def test_the_docs_the_docker_files_point_to_exist_and_list_every_build_option():
+    import re
+
+    for name in ("Dockerfile", "build.sh", "predict.sh", "test.sh", ".ci/run"):
+        for doc in re.findall(r"docs/[\w-]+\.md", (ROOT / name).read_text()):
+            assert (ROOT / doc).is_file(), f"{name} points to {doc}, which does not exist"
+    help_text = subprocess.run(["bash", str(ROOT / "build.sh"), "--help"], capture_output=True, text=True).stdout
+    options = set(re.findall(r"^  (--[a-z-]+)", help_text, re.M))
+    assert {"--cpu", "--cuda", "--base-image", "--ca-bundle"} <= options
+    doc = (ROOT / "docs" / "docker.md").read_text()
+    assert not {o for o in options if f"`{o}" not in doc}, "build.sh options missing from docs/docker.md"
