@@ -1,4 +1,4 @@
-"""The README stays true: its --help block is the program's, and its commands run."""
+"""The README stays true: its commands run, and docs/usage.md's --help block is the program's."""
 from __future__ import annotations
 
 import json
@@ -15,13 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-import update_readme_help  # noqa: E402
+import update_usage_doc  # noqa: E402
 
 
 def test_help_block_matches_the_program():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert update_readme_help.readme_help(readme) == update_readme_help.help_text(), (
-        "README's --help block is stale: run .venv/bin/python tools/update_readme_help.py"
+    doc = update_usage_doc.DOC.read_text(encoding="utf-8")
+    assert update_usage_doc.doc_help(doc) == update_usage_doc.help_text(), (
+        "docs/usage.md's --help block is stale: run .venv/bin/python tools/update_usage_doc.py"
     )
 
 

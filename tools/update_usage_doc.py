@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Put the current `predict.py --help` (at 100 columns) into README.md between the help markers."""
+"""Put the current `predict.py --help` (at 100 columns) into docs/usage.md between the help markers."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "usage.md"
 START, END = "<!-- help:start -->\n```text\n", "```\n<!-- help:end -->"
 
 
@@ -24,15 +25,15 @@ def help_text() -> str:
     return buf.getvalue()
 
 
-def readme_help(readme: str) -> str:
-    match = re.search(re.escape(START) + r"(.*?)" + re.escape(END), readme, re.DOTALL)
+def doc_help(doc: str) -> str:
+    match = re.search(re.escape(START) + r"(.*?)" + re.escape(END), doc, re.DOTALL)
     return match.group(1) if match else ""
 
 
 def main() -> int:
-    path = ROOT / "README.md"
-    readme = path.read_text(encoding="utf-8")
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda m: START + help_text() + END, readme,
+    path = DOC
+    doc = path.read_text(encoding="utf-8")
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda m: START + help_text() + END, doc,
                  flags=re.DOTALL)
     path.write_text(new, encoding="utf-8")
     return 0
