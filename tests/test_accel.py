@@ -127,10 +127,10 @@ def test_weight_reader_reads_what_safetensors_reads(tiny_model):
 
 
 def test_int8_on_a_gpu_is_refused_clearly(cli, tiny_model, media, monkeypatch):
-    import qwenvl.session as session
+    import qwenvl.device as devices
 
-    monkeypatch.setattr(session, "resolve_device", lambda name: "cuda")
-    monkeypatch.setattr(session, "resolve_dtype", lambda name, device: "bfloat16")
+    monkeypatch.setattr(devices, "resolve_device", lambda name, log=None: "cuda")
+    monkeypatch.setattr(devices, "choose_dtype", lambda name, device, *a, **k: ("bfloat16", "test"))
     r = cli("--image", media["jpeg"], "--model", tiny_model, "--quantize", "int8", "--max-new-tokens", "2")
     assert r.code == 1, r
     assert "error: --quantize int8 runs on the CPU only" in r.err
