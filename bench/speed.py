@@ -400,8 +400,9 @@ def print_requests(report: dict) -> None:
 
 
 def cpu_line(cpu: dict) -> str:
+    limits = " (limited by " + " ".join(f"{k}={v}" for k, v in cpu["limits"].items()) + ")" if cpu.get("limits") else ""
     return (f"CPU: {cpu['cpu_name']} ({cpu['architecture']}), capability {cpu['capability']}, "
-            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}, {cpu['threads']} threads")
+            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}, {cpu['threads']} threads{limits}")
 
 
 def cpu_record() -> dict:

@@ -135,7 +135,8 @@ def resolve_device(name: str, log: Callable[[str], None] = lambda s: None) -> st
     if name == "cuda":
         problem = cuda_problem()
         if problem is not None:
-            raise ModelError(f"--device cuda: {problem}; use --device cpu or auto")
+            raise ModelError(f"--device cuda: CUDA is not available on this machine ({problem}); "
+                             "use --device cpu or auto")
         return "cuda"
     if name == "mps" and not mps_available():
         raise ModelError("--device mps: Apple MPS is not available on this machine; use --device cpu or auto")

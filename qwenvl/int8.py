@@ -17,7 +17,7 @@ Kernels (bench/kernels.py measures them; docs/performance.md has the figures):
     back), which makes fbgemm's per-tensor activation scale a per-token one. On
     CPUs without AVX-512 VNNI, activations use 7 bits (`reduce_range`), as
     fbgemm requires there to avoid saturating 16-bit sums.
-    fbgemm serves decode too: like the weight-only `_weight_int8pack_mm` it
+    fbgemm serves decode too (on one thread, see `_fbgemm`): like the weight-only `_weight_int8pack_mm` it
     reads the int8 rows once per token (decode is bound by memory bandwidth),
     it takes float32 activations (that kernel runs at about 1 GFLOP/s with
     them), and one packed copy of the weights serves both (two copies would
@@ -231,7 +231,24 @@ class Int8Linear(_Module):
         import torch
 
         xf = x.float()
-        if x.shape[0] == 1:  # one row: fbgemm's per-tensor scale is already per token
+        if x.shape[0] <= INT8_DECODE_MAX_ROWS:
+            # decode: one thread. fbgemm splits even a one-row product over every thread, and
+            # waking the second one cost 8 ms (median) on a 2-vCPU VM, 30x the product itself
+            # (0.25 ms on one thread for a 2048x2048 layer, bench/kernels.py and docs/performance.md)
+            threads = torch.get_num_threads()
+            if threads > 1:
+                torch.set_num_threads(1)
+            try:
+                return self._fbgemm_rows(xf)
+            finally:
+                if threads > 1:
+                    torch.set_num_threads(threads)
+        return self._fbgemm_rows(xf)
+
+    def _fbgemm_rows(self, xf):
+        import torch
+
+        if xf.shape[0] == 1:  # one row: fbgemm's per-tensor scale is already per token
             return torch.ops.quantized.linear_dynamic(xf.contiguous(), self._packed, self.reduce_range)
         s = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
         y = torch.ops.quantized.linear_dynamic(xf / s, self._packed, self.reduce_range)

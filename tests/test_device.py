@@ -143,7 +143,8 @@ def test_gpu_the_torch_build_cannot_use(monkeypatch):
     with pytest.raises(ModelError) as err:
         devices.resolve_device("cuda")
     msg = str(err.value)
-    assert msg.startswith("--device cuda: GeForce GTX 1080 (compute capability 6.1) is not supported")
+    assert msg.startswith("--device cuda: CUDA is not available on this machine "
+                          "(GeForce GTX 1080 (compute capability 6.1) is not supported")
     assert "sm_75" in msg and "\n" not in msg
     notices = []
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -175,7 +176,7 @@ def test_driver_too_old_is_an_error_for_device_cuda_even_with_warnings_ignored(m
         with pytest.raises(ModelError) as err:
             devices.resolve_device("cuda")
     assert "driver on your system is too old" in str(err.value)
-    assert str(err.value).startswith("--device cuda: CUDA cannot start")
+    assert str(err.value).startswith("--device cuda: CUDA is not available on this machine (CUDA cannot start")
 
 
 def test_driver_too_old_is_a_notice_for_auto(monkeypatch):
