@@ -38,6 +38,9 @@ INT8_DECODE_MAX_ROWS = 16
 
 # Quantize the vision tower's linear layers too (bench/speed.py measures with and without).
 INT8_VISION = True
+# ... but not those of its patch mergers, whose outputs go straight into the language model
+# (the main merger and the deepstack ones): measured, they cost most of the agreement.
+INT8_VISION_SKIP = ("merger",)
 
 TORCHAO_PIN = "torchao==0.18.0"
 
@@ -69,7 +72,9 @@ def int8_linear_names(model, vision: bool | None = None) -> list[str]:
         if not isinstance(module, torch.nn.Linear):
             continue
         dotted = f".{name}."
-        if ".language_model." in dotted or name == "lm_head" or (vision and ".visual." in dotted):
+        if ".language_model." in dotted or name == "lm_head":
+            names.append(name)
+        elif vision and ".visual." in dotted and not any(skip in name for skip in INT8_VISION_SKIP):
             names.append(name)
     return names
 
@@ -469,7 +474,7 @@ def int8_cache_file(path: str) -> Path | None:
     for file in files:
         st = file.stat()
         digest.update(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    digest.update(f"{INT8_CACHE_FORMAT}|{INT8_VISION}|{torch.__version__}|{torchao.__version__}".encode())
+    digest.update(f"{INT8_CACHE_FORMAT}|{INT8_VISION}|{INT8_VISION_SKIP}|{torch.__version__}|{torchao.__version__}".encode())
     if setting:
         root = Path(setting).expanduser()
     else:
