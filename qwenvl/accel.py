@@ -59,7 +59,7 @@ def load_model(path: str, dtype: str, device: str, quantize: str = "none", log=l
         trust_remote_code=False,
     ).eval()
     if quantize == "int8":
-        load_or_quantize_int8(model, path, log)
+        load_or_quantize_int8(model, path, log, dtype)
         if dtype == "float32":
             compute_in_float32(model)
     if device == "cpu":

@@ -57,10 +57,11 @@ def test_int8_replaces_the_language_model_and_vision_linears(tiny_model):
         module = model.get_submodule(name)
         assert isinstance(module.weight, Int8Tensor)
         assert module.weight.qdata.dtype == torch.int8
-    # every linear layer of the vision tower (attention, MLP, patch mergers) is int8 too
+    # the linear layers of the vision tower's blocks (attention, MLP) are int8 too; its patch mergers not
     visual = {f"model.visual.{n}" for n, m in model.model.visual.named_modules()
-              if isinstance(m, (torch.nn.Linear, Int8Linear))}
+              if isinstance(m, (torch.nn.Linear, Int8Linear)) and "merger" not in n}
     assert visual and visual <= quantized
+    assert not any("merger" in n for n in quantized)
     assert quantized == lm_quantized | visual | {"lm_head"}
     # the embeddings, norms and the patch convolution keep the load dtype
     assert lm.embed_tokens.weight.dtype == torch.bfloat16
@@ -71,14 +72,20 @@ def test_int8_replaces_the_language_model_and_vision_linears(tiny_model):
 def test_int8_with_float32_activations_keeps_a_bf16_embedding_table(tiny_model):
     """--dtype float32 --quantize int8 (CPUs without native bf16): float32 around int8 layers, logits close."""
     from qwenvl.accel import Int8Linear, load_model
+    from qwenvl.int8 import Bf16StoredLinear, fbgemm_kernel
 
     inputs = _inputs(tiny_model)
     model = load_model(tiny_model, "float32", "cpu", "int8")
     emb = model.get_input_embeddings()
     assert emb.weight.dtype == torch.bfloat16
-    floats = {p.dtype for n, p in model.named_parameters() if p is not emb.weight and p.is_floating_point()}
+    # the patch mergers' weights stay bf16 in memory (multiplied in float32); all else is float32
+    stored = {id(m.weight) for m in model.modules() if isinstance(m, Bf16StoredLinear)}
+    assert stored and all("merger" in n for n, m in model.named_modules() if isinstance(m, Bf16StoredLinear))
+    floats = {p.dtype for n, p in model.named_parameters()
+              if p is not emb.weight and id(p) not in stored and p.is_floating_point()}
     assert floats == {torch.float32}
-    assert any(isinstance(m, Int8Linear) for m in model.modules())
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert layers and {m.kernel for m in layers} == {"fbgemm" if fbgemm_kernel() else "torchao"}
     ref = _logits(load_model(tiny_model, "float32", "cpu", "none"), inputs)
     got = _logits(model, inputs)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
