@@ -11,7 +11,7 @@ sdpa's CPU kernel (`cpu_decode_attention`, 4-5x faster there, same float32
 softmax); prefill and the vision tower stay on sdpa, so the prompt's logits are
 bit-identical to stock transformers and decode differs only by rounding.
 
-`--quantize int8` (CPU only, qwenvl/int8.py): loads bfloat16 (mapped), swaps
+`--quantize int8` (CPU only, qwenvl/int8.py, its cache in qwenvl/int8_cache.py): loads bfloat16 (mapped), swaps
 the linear layers for int8 ones (from the int8 cache, or quantized from the
 file), then, when the dtype asked for is float32 (CPUs without native bf16),
 makes the rest float32 (`compute_in_float32`).
@@ -22,17 +22,14 @@ from .int8 import (  # noqa: F401 (the int8 names callers and tests use)
     INT8_DECODE_MAX_ROWS,
     TORCHAO_PIN,
     Int8Linear,
-    WeightReader,
     _quantize_rows,
-    _WeightReader,
     check_int8_possible,
     compute_in_float32,
-    int8_cache_file,
     int8_linear_names,
     kernel_plan,
-    load_or_quantize_int8,
     quantize_int8,
 )
+from .int8_cache import WeightReader, _WeightReader, int8_cache_file, load_or_quantize_int8  # noqa: F401
 
 QUANTIZE_CHOICES = ("none", "int8")
 

@@ -1,36 +1,35 @@
-"""`--quantize int8` on the CPU: int8 weights, the kernel each CPU runs fastest, and the weight cache.
+"""`--quantize int8` on the CPU: int8 layers and the kernel each kind of CPU runs fastest.
 
 Which layers: every linear layer of the language model (q/k/v/o, gate/up/down
-of each decoder layer, and the lm_head) and of the vision tower (qkv, proj and
-the MLP of each block, the patch mergers). Weights get one int8 scale per
-output row (symmetric, made by torchao's Int8DynamicActivationInt8WeightConfig).
-The embeddings, norms, convolution and position table stay in the load dtype.
-Each weight is read from the safetensors file with plain reads and quantized
-at once, so the float copy is never resident (peak memory stays near the int8
-size).
+of each decoder layer, and the lm_head) and of the vision tower's blocks (qkv,
+proj, the MLP). Weights get one int8 scale per output row (symmetric, made by
+torchao's Int8DynamicActivationInt8WeightConfig). The patch mergers, the
+embeddings, norms, convolution and position table keep the load dtype. Each
+weight is read from the safetensors file with plain reads and quantized at
+once, so the float copy is never resident. The int8 weight cache is in
+qwenvl/int8_cache.py.
 
-Kernels (bench/kernels.py measures them; docs/performance.md has the figures):
-  * x86 (PyTorch's fbgemm backend, AVX2 and up): PyTorch's dynamic quantized
-    linear (`quantized::linear_dynamic`, fbgemm): float32 activations quantized
-    per call, int8 x int8 products in int32, for prefill and the vision tower;
-    each row of the activations is first scaled to max |x| = 1 (and the result
-    back), which makes fbgemm's per-tensor activation scale a per-token one. On
-    CPUs without AVX-512 VNNI, activations use 7 bits (`reduce_range`), as
-    fbgemm requires there to avoid saturating 16-bit sums.
-    fbgemm serves decode too (on one thread, see `_fbgemm`): like the weight-only `_weight_int8pack_mm` it
-    reads the int8 rows once per token (decode is bound by memory bandwidth),
-    it takes float32 activations (that kernel runs at about 1 GFLOP/s with
-    them), and one packed copy of the weights serves both (two copies would
-    not fit the 3.5 GB budget).
-  * elsewhere (no fbgemm: ARM64): `_weight_int8pack_mm` for decode and
-    torchao's per-token int8 scheme on `torch._int_mm` for prefill.
+Kernels, per kind of CPU (bench/kernels.py measures them; docs/performance.md):
+  * bfloat16 activations (CPUs with native bf16, where --dtype auto is
+    bfloat16): the int8 weight-only matrix-vector product
+    `torch.ops.aten._weight_int8pack_mm` for decode, and torchao's per-token
+    int8 scheme on `torch._int_mm` for prefill; their int8 rows are mapped
+    from the cache (no copy, 0.6 s to load).
+  * float32 activations (CPUs without native bf16, e.g. AVX2-only, where
+    --dtype auto is float32), x86: PyTorch's dynamic quantized linear
+    (`quantized::linear_dynamic`, fbgemm), for prefill and decode alike (the
+    weight-only kernel runs at about 1 GFLOP/s with float32 activations); each
+    row of the activations is first scaled to max |x| = 1 (and the result
+    back), which makes fbgemm's per-tensor activation scale a per-token one;
+    without AVX-512 VNNI activations use 7 bits (`reduce_range`), as fbgemm
+    requires there to avoid saturating 16-bit sums. Decode runs on one thread
+    (see `Int8Linear._fbgemm`). fbgemm packs its weights at every load (12-17 s
+    for the 2B model): one packed copy serves prefill and decode.
+  * no fbgemm (ARM64): the torchao kernels of the first case.
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
-from pathlib import Path
 
 # Rows (batch x new tokens) up to which bfloat16 activations use the weight-only
 # matrix-vector kernel; above it, an int8 x int8 product (prefill).
@@ -296,6 +295,8 @@ def quantize_int8(model, path: str | None = None, kernel: str | None = None) -> 
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
     config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    from .int8_cache import WeightReader
+
     reader = WeightReader(path) if path else None
     tied = _tied_source(model)
     count = 0
@@ -469,218 +470,3 @@ def _tied_source(model) -> str | None:
         if module is emb:
             return name + ".weight"
     return None
-
-
-# --- the int8 weight cache ------------------------------------------------------
-#
-# Quantizing the weights takes 15-40 s on 2 cores; the result is kept in one
-# safetensors file per checkpoint (about 2 GB for the 2B model) so that the
-# next run reads it instead (a few seconds). Key: the checkpoint's weight files
-# (resolved path, size, mtime), torch and torchao versions, the format below.
-# QWENVL_INT8_CACHE: unset -> $HF_HOME/qwenvl-int8 (~/.cache/huggingface/...),
-# "0" -> no cache, anything else -> that folder.
-
-INT8_CACHE_FORMAT = 2  # 2: the vision tower's linears too
-
-
-def int8_cache_file(path: str) -> Path | None:
-    import hashlib
-
-    import torch
-    import torchao
-
-    setting = os.environ.get("QWENVL_INT8_CACHE", "")
-    if setting.strip().lower() in ("0", "off", "no", "false"):
-        return None
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for file in files:
-        st = file.stat()
-        digest.update(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    digest.update(f"{INT8_CACHE_FORMAT}|{INT8_VISION}|{INT8_VISION_SKIP}|{torch.__version__}|{torchao.__version__}".encode())
-    if setting:
-        root = Path(setting).expanduser()
-    else:
-        root = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "qwenvl-int8"
-    return root / f"{Path(path).name or 'model'}-{digest.hexdigest()[:20]}.safetensors"
-
-
-def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bfloat16") -> int:
-    """Int8 weights from the cache when a valid one exists, else quantize and (try to) cache them.
-
-    `dtype`: the activations' dtype, which decides the kernel (`choose_kernel`).
-    """
-    kernel = choose_kernel(dtype)
-    cache = int8_cache_file(path)
-    if cache is not None and cache.is_file():
-        try:
-            count = _load_int8_cache(model, cache, kernel)
-            log(f"int8: weights from {cache}")
-            return count
-        except Exception as exc:  # a torn or foreign file: quantize again and replace it
-            log(f"warning: ignoring int8 cache {cache} ({type(exc).__name__}: {exc}); quantizing again")
-    import time
-
-    t0 = time.perf_counter()
-    count = quantize_int8(model, path, kernel)
-    t1 = time.perf_counter()
-    log(f"int8: quantized {count} linear layers in {t1 - t0:.1f} s")
-    if cache is not None:
-        try:
-            _save_int8_cache(model, cache)
-            log(f"int8: weights cached in {cache} in {time.perf_counter() - t1:.1f} s "
-                "(next load reads them; QWENVL_INT8_CACHE=0 turns this off)")
-        except OSError as exc:
-            log(f"warning: cannot cache int8 weights in {cache}: {exc.strerror or exc}")
-    return count
-
-
-# safetensors dtype names of the tensors WeightReader reads
-_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I8": "int8"}
-_SAFETENSORS_NAMES = {torch_name: st for st, torch_name in _SAFETENSORS_DTYPES.items()}
-
-
-def _save_int8_cache(model, cache: Path) -> None:
-    """Write the int8 weights as one safetensors file, streamed layer by layer, atomically.
-
-    (safetensors.torch.save_file first builds the whole file in memory; with
-    fbgemm each layer's int8 rows are unpacked, written and freed in turn.)
-    """
-    import torch
-
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Int8Linear)]
-    header, offset = {"__metadata__": {"format": f"qwenvl-int8-{INT8_CACHE_FORMAT}"}}, 0
-    for name, m in layers:
-        for key, shape, dtype, size in ((".qdata", [m.out_features, m.in_features], "int8",
-                                         m.out_features * m.in_features),
-                                        (".scale", [m.out_features], "float32", m.out_features * 4)):
-            header[name + key] = {"dtype": _SAFETENSORS_NAMES[dtype], "shape": shape,
-                                  "data_offsets": [offset, offset + size]}
-            offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)) + blob)
-            for _, m in layers:
-                qdata, scale = m.int8_data()
-                f.write(memoryview(qdata.contiguous().reshape(-1).view(torch.uint8).numpy()))
-                f.write(memoryview(scale.float().contiguous().reshape(-1).view(torch.uint8).numpy()))
-                del qdata, scale
-        os.replace(tmp, cache)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    release_freed_memory()
-
-
-def _load_int8_cache(model, cache: Path, kernel: str | None = None) -> int:
-    """Int8 layers from the cache. For torchao's kernels the int8 rows are mapped (zero copy);
-    fbgemm packs its own copy, so for it they are read with plain reads (not resident twice)."""
-    import torch
-    from safetensors import safe_open
-
-    kernel = kernel or choose_kernel("bfloat16")
-    names = int8_linear_names(model)
-    template = _template()
-    layers = {}
-    if kernel == "fbgemm":
-        source = WeightReader(str(cache), files=[cache])
-        metadata, keys, get, close = source.metadata, set(source.entries), source.read, source.close
-    else:
-        handle = safe_open(str(cache), "pt")
-        metadata, keys, close = handle.metadata() or {}, set(handle.keys()), (lambda: None)
-
-        def get(key):
-            return handle.get_tensor(key) if key in keys else None
-    try:
-        if metadata.get("format") != f"qwenvl-int8-{INT8_CACHE_FORMAT}":
-            raise ValueError("not a qwenvl int8 cache of this format")
-        for name in names:
-            linear = model.get_submodule(name)
-            qdata, scale = get(name + ".qdata"), get(name + ".scale")
-            if (qdata is None or scale is None or qdata.dtype != torch.int8
-                    or tuple(qdata.shape) != (linear.out_features, linear.in_features)
-                    or scale.shape[0] != linear.out_features):
-                raise ValueError(f"{name}: missing, or its shape or dtype differs from the model")
-            keys -= {name + ".qdata", name + ".scale"}
-            scale = scale.to(template.scale.dtype)
-            layers[name] = _int8_linear(linear, _int8_tensor(qdata, scale, linear.weight.dtype, template), kernel)
-            del qdata, scale
-            if kernel == "fbgemm":
-                _trim_heap()
-        if keys:
-            raise ValueError(f"{len(keys)} tensors the model does not have")
-    finally:
-        close()
-    for name, layer in layers.items():  # all checked: only now change the model
-        model.set_submodule(name, layer)
-    _mark_int8(model)
-    release_freed_memory()
-    return len(layers)
-
-
-class WeightReader:
-    """Reads single tensors of safetensors files with plain reads (no mmap).
-
-    Reading with read() leaves the bytes in the page cache, not in this
-    process's resident set: quantizing from it keeps peak memory low.
-    """
-
-    def __init__(self, path: str, files: list[Path] | None = None):
-        self.entries: dict[str, tuple[Path, int, dict]] = {}
-        self.files: dict[Path, object] = {}
-        self.metadata: dict = {}
-        root = Path(path)
-        if files is None:
-            index = root / "model.safetensors.index.json"
-            if index.is_file():
-                files = [root / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-            else:
-                files = sorted(root.glob("*.safetensors"))
-        for file in files:
-            with open(file, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(size))
-            base = 8 + size
-            self.metadata.update(header.pop("__metadata__", None) or {})
-            for key, info in header.items():
-                self.entries[key] = (file, base, info)
-
-    def read(self, key: str | None):
-        import torch
-
-        if not key or key not in self.entries:
-            return None
-        file, base, info = self.entries[key]
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            return None
-        start, end = info["data_offsets"]
-        out = torch.empty(info["shape"], dtype=getattr(torch, dtype))
-        view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
-        if view.nbytes != end - start:
-            return None
-        f = self.files.get(file)
-        if f is None:
-            f = self.files[file] = open(file, "rb", buffering=0)
-        f.seek(base + start)
-        done = 0
-        while done < view.nbytes:
-            n = f.readinto(view[done:])
-            if not n:
-                return None
-            done += n
-        return out
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
-
-
-_WeightReader = WeightReader  # the name tests and older callers use
