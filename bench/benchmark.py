@@ -573,6 +573,7 @@ def render_table(report: dict) -> str:
     rows = report["rows"]
     lines = []
     s = report["settings"]
+    lines.append(cpu_line(report["machine"].get("cpu")))
     lines.append(f"qwenvl benchmark: {s['checkpoint_kind']} checkpoint, device {s['device']}, dtype {s['dtype']}, "
                  f"N={s['n']} images of {s['image_size']}, {s['max_new_tokens']} new tokens each (eos ignored), "
                  f"{report['machine']['cpus']} CPUs, torch threads {report['machine'].get('torch_threads')}")
@@ -584,6 +585,7 @@ def render_table(report: dict) -> str:
         lines.append(f"{r['label']:<{w}}  {fmt(r['value']):>9}  {r['unit']:<6}  {r['target'] or '':<8}  {met}")
     if report.get("dtypes"):
         lines.append("")
+        lines.append(cpu_line(report["machine"].get("cpu")))
         lines.append("dtype comparison (Python API, same process layout; prefill = time to first token, bs = batch size)")
         lines.append(f"{'dtype':<9} {'load s':>7} {'prefill s':>9} {'decode tok/s bs1':>16} {'decode tok/s bs4':>16} "
                      f"{'img/s bs1':>9} {'img/s bs4':>9} {'peak RSS GiB':>12} {'RSS/weights':>11}")
@@ -621,8 +623,29 @@ def dtype_summary(api: dict, weights: int) -> dict:
     }
 
 
+def cpu_record() -> dict:
+    """The CPU as PyTorch sees it (name, capability, native bf16, threads) and any ISA limits in force."""
+    sys.path.insert(0, str(ROOT))
+    from qwenvl.device import cpu_info
+
+    info = cpu_info()
+    info["limits"] = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                                 "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
+                      if k in os.environ}
+    return info
+
+
+def cpu_line(cpu: dict | None) -> str:
+    if not cpu:
+        return "CPU: not recorded"
+    limits = " (limited by " + " ".join(f"{k}={v}" for k, v in cpu["limits"].items()) + ")" if cpu.get("limits") else ""
+    return (f"CPU: {cpu['cpu_name']} ({cpu['architecture']}), capability {cpu['capability']}, "
+            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}, {cpu['threads']} threads{limits}")
+
+
 def machine_info(device: str) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": cpu_record()}
     try:
         with open("/proc/meminfo") as fh:
             info["mem_total_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)

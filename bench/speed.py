@@ -16,7 +16,9 @@ peak RSS is that variant's), in this order:
   * bf16:  qwenvl.accel.load_model(..., quantize="none") (the CLI's default);
   * int8:  qwenvl.accel.load_model(..., quantize="int8"): quantizes, writes the
            int8 weight cache (a temporary folder of this run);
-  * int8-cached: the same, a second time: maps the cached int8 weights.
+  * int8-cached: the same, a second time: reads the cached int8 weights.
+  * int8-lm, int8-lm-cached (not by default): int8 for the language model
+           only, the vision tower in bf16 (what the vision tower's int8 costs in agreement).
 For each: import time (torch, transformers; apart from the load), load time
 (processor + model), ready time (load + reading one element of every 4 KB
 page of every weight: what a zero-copy mmap load leaves to the first request), prefill
@@ -31,6 +33,20 @@ greedy choices agree with the reference tokens. Timings on a shared machine
 are noisy: the figures to read are the ratios within one run.
 
 Prints a table and writes JSON (default bench/results/speed-cpu.json).
+
+`--requests` measures instead the whole request a user runs, once per path,
+each in its own process:
+    python predict.py --image test_images/sample.jpg --device cpu --max-new-tokens 16 \
+        --ignore-eos --format json [--dtype D] [--quantize int8]
+for --dtype float32, auto and bfloat16, and --quantize int8 twice (the first
+run quantizes and writes the int8 cache, the second reads it): process wall
+time, the record's load and generate times, prefill (first forward) and decode
+tokens/s (later forwards; timed by wrapping the model's forward, nothing else
+changed), peak RSS, and the "dtype auto" line. `--baseline-root DIR` adds the
+int8 path of another checkout (e.g. the previous commit) run the same way.
+To see an AVX2-only CPU on a newer one, run it under
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+Every table is headed by the CPU as PyTorch sees it (qwenvl.device.cpu_info).
 """
 from __future__ import annotations
 
@@ -143,6 +159,11 @@ def worker(spec: dict) -> dict:
 
     if variant.startswith("int8"):
         import torchao.quantization  # noqa: F401
+
+        import qwenvl.int8
+
+        # int8-lm: the language model's linears only (the vision tower stays in the load dtype)
+        qwenvl.int8.INT8_VISION = not variant.startswith("int8-lm")
     import_s = time.perf_counter() - t_import
     t0 = time.perf_counter()
     if variant == "stock":
@@ -235,6 +256,166 @@ def worker(spec: dict) -> dict:
     }
 
 
+# --- whole requests through the CLI --------------------------------------------
+
+REQUEST = ["--image", "test_images/sample.jpg", "--device", "cpu", "--max-new-tokens", "16",
+           "--ignore-eos", "--format", "json"]
+REQUEST_PATHS = {
+    "float32": ["--dtype", "float32"],
+    "auto": ["--dtype", "auto"],
+    "bfloat16": ["--dtype", "bfloat16"],
+    "int8": ["--quantize", "int8"],          # quantizes, writes the int8 cache
+    "int8-cached": ["--quantize", "int8"],   # reads it
+}
+
+
+def request_worker(spec: dict) -> dict:
+    """One CLI request in this process: the record, forward times, peak RSS."""
+    import contextlib
+    import io
+
+    root = spec["root"]
+    sys.path.insert(0, root)
+    os.chdir(root)
+    from transformers.models.qwen3_vl import modeling_qwen3_vl
+
+    stamps: list[float] = []
+    cls = modeling_qwen3_vl.Qwen3VLForConditionalGeneration
+    forward = cls.forward
+
+    import functools
+
+    @functools.wraps(forward)  # generate() reads the signature
+    def timed_forward(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        stamps.append(time.perf_counter())
+        return out
+
+    cls.forward = timed_forward
+    from qwenvl.cli import main as cli_main
+
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(spec["argv"])
+    wall = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"exit {code}: {err.getvalue()[-2000:]}")
+    record = json.loads(out.getvalue())
+    timings = record["timings"]
+    gen_start = t0 + wall - timings["total_s"] + timings["load_s"] + timings.get("preprocess_s", 0.0)
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    return {
+        "argv": spec["argv"],
+        "dtype": record.get("dtype"),
+        "quantize": record.get("quantize"),
+        "cli_wall_s": wall,
+        "load_s": timings["load_s"],
+        "preprocess_s": timings.get("preprocess_s"),
+        "generate_s": timings["generate_s"],
+        "total_s": timings["total_s"],
+        "prefill_s": stamps[0] - gen_start if stamps else None,
+        "decode_tok_s": decode,
+        "prompt_tokens": record["usage"]["prompt_tokens"],
+        "completion_tokens": record["usage"]["completion_tokens"],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        # CPU seconds of the process (all threads): less sensitive than wall time to other processes
+        "cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_SELF), k) for k in ("ru_utime", "ru_stime")),
+        "notes": [line for line in err.getvalue().splitlines()
+                  if line.startswith(("dtype auto", "warning", "int8:"))],
+    }
+
+
+def run_requests(args, checkpoint: Path, cpu: dict) -> dict:
+    results = {}
+    paths = [(name, str(ROOT)) for name in args.paths.split(",")]
+    if args.baseline_root:
+        paths += [(f"baseline-{name}", str(args.baseline_root)) for name in args.paths.split(",")
+                  if name.startswith("int8")]
+    with tempfile.TemporaryDirectory() as tmp:
+        warmed = set()
+        for name, root in paths:
+            env = dict(os.environ, QWENVL_INT8_CACHE=str(Path(tmp) / ("base" if name.startswith("baseline") else "ours")))
+            if name.endswith("int8-cached") and name.replace("-cached", "") not in results and root not in warmed:
+                # no first int8 request in this run: write the cache with a load only (not timed)
+                print(f"writing the int8 cache for {name} (load only) ...", file=sys.stderr, flush=True)
+                code = (f"import sys; sys.path.insert(0, {root!r}); from qwenvl.accel import load_model; "
+                        f"load_model({str(checkpoint)!r}, 'bfloat16', 'cpu', 'int8', print)")
+                subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                warmed.add(root)
+            extra = REQUEST_PATHS[name.removeprefix("baseline-")]
+            spec = {"root": root, "argv": REQUEST + ["--model", str(checkpoint)] + extra}
+            print(f"request {name} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--_request", json.dumps(spec)],
+                                  capture_output=True, text=True, cwd=root, env=env)
+            process_s = time.perf_counter() - t0
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"request {name} failed (exit {proc.returncode})")
+            r = json.loads(line[-1][7:])
+            r["process_s"] = process_s
+            results[name] = r
+            print(f"  {process_s:.1f} s in all: load {r['load_s']:.1f} s, generate {r['generate_s']:.1f} s, "
+                  f"decode {r['decode_tok_s'] or 0:.2f} tok/s, peak RSS {r['peak_rss_gb']:.2f} GB "
+                  f"({r['dtype']}{', int8' if r['quantize'] == 'int8' else ''})", file=sys.stderr, flush=True)
+    ratios = {}
+    f32 = results.get("float32")
+    dtypes = [results[k] for k in ("float32", "bfloat16") if k in results]
+    fastest = min(dtypes, key=lambda r: r["process_s"]) if dtypes else None
+    if fastest and "auto" in results:
+        ratios["auto_over_fastest_dtype"] = results["auto"]["process_s"] / fastest["process_s"]
+    cached = results.get("int8-cached")
+    if f32 and cached:
+        ratios["int8_cached_over_float32_total"] = cached["process_s"] / f32["process_s"]
+        ratios["int8_cached_decode_over_float32"] = cached["decode_tok_s"] / f32["decode_tok_s"]
+    if cached and "baseline-int8-cached" in results:
+        ratios["int8_cached_over_baseline_total"] = cached["process_s"] / results["baseline-int8-cached"]["process_s"]
+    if cached:
+        ratios["int8_cached_peak_rss_gb"] = cached["peak_rss_gb"]
+    return {"results": results, "ratios": ratios}
+
+
+def print_requests(report: dict) -> None:
+    print(cpu_line(report["cpu"]))
+    print("request: predict.py " + " ".join(REQUEST) + " [--dtype D | --quantize int8]")
+    head = (f"{'path':21} {'dtype':9} {'total s':>7} {'load s':>6} {'generate s':>10} {'prefill s':>9} "
+            f"{'decode tok/s':>12} {'peak RSS GB':>11} {'CPU s':>6}")
+    print(head)
+    print("-" * len(head))
+    for name, r in report["requests"]["results"].items():
+        print(f"{name:21} {r['dtype']:9} {r['process_s']:7.1f} {r['load_s']:6.1f} {r['generate_s']:10.1f} "
+              f"{r['prefill_s'] or 0:9.1f} {r['decode_tok_s'] or 0:12.2f} {r['peak_rss_gb']:11.2f} {r['cpu_s']:6.0f}")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])} "
+          f"({report['machine']['cpus']} CPUs)")
+    print()
+    for k, v in report["requests"]["ratios"].items():
+        print(f"{k:34} {v:.2f}")
+    for name, r in report["requests"]["results"].items():
+        for note in r["notes"]:
+            if note.startswith("dtype auto"):
+                print(f"{name}: {note}")
+
+
+def cpu_line(cpu: dict) -> str:
+    limits = " (limited by " + " ".join(f"{k}={v}" for k, v in cpu["limits"].items()) + ")" if cpu.get("limits") else ""
+    return (f"CPU: {cpu['cpu_name']} ({cpu['architecture']}), capability {cpu['capability']}, "
+            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}, {cpu['threads']} threads{limits}")
+
+
+def cpu_record() -> dict:
+    sys.path.insert(0, str(ROOT))
+    from qwenvl.device import cpu_info
+
+    info = cpu_info()
+    info["limits"] = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                                 "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
+                      if k in os.environ}
+    return info
+
+
 # --- the parent ---------------------------------------------------------------
 
 
@@ -258,13 +439,35 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed generate runs per variant (best is kept)")
     ap.add_argument("--agree-steps", type=int, default=64)
     ap.add_argument("--out", type=Path, default=RESULTS / "speed-cpu.json")
+    ap.add_argument("--requests", action="store_true", help="time whole CLI requests instead (see above)")
+    ap.add_argument("--paths", default=",".join(REQUEST_PATHS), help="with --requests: which paths")
+    ap.add_argument("--baseline-root", type=Path, help="with --requests: also run the int8 path of this checkout")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    ap.add_argument("--_request", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
         print("RESULT " + json.dumps(worker(json.loads(args._worker))), flush=True)
         return 0
+    if args._request:
+        print("RESULT " + json.dumps(request_worker(json.loads(args._request))), flush=True)
+        return 0
 
     checkpoint = ensure_checkpoint(args.checkpoint.expanduser())
+    cpu = cpu_record()
+    print(cpu_line(cpu), file=sys.stderr)
+    if args.requests:
+        report = {"cpu": cpu, "checkpoint": str(checkpoint),
+                  "command": "python bench/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        report["requests"] = run_requests(args, checkpoint, cpu)
+        report["machine"]["load_average_at_end"] = os.getloadavg()
+        print_requests(report)
+        out = args.out if args.out != RESULTS / "speed-cpu.json" else RESULTS / "requests-cpu.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
     weights = sorted(checkpoint.glob("*.safetensors"))
     read_s = sum(read_file_once(w) for w in weights)
     weights_gb = sum(w.stat().st_size for w in weights) / 1e9
@@ -297,6 +500,7 @@ def main(argv=None) -> int:
     report.update({
         "command": "python bench/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "checkpoint": str(checkpoint),
+        "cpu": cpu,
         "image": str(IMAGE.relative_to(ROOT)),
         "prompt": PROMPT,
         "prompt_tokens": next((r["prompt_tokens"] for r in results.values()), None),
@@ -345,6 +549,7 @@ def summarize(results: dict, read_s: float, weights_gb: float) -> dict:
 
 def print_table(report: dict) -> None:
     res = report["results"]
+    print(cpu_line(report["cpu"]))
     print(f"\nprompt: {report.get('image')} + {report.get('prompt')!r} = {report.get('prompt_tokens')} tokens")
     print(f"weights file {report['weights_gb']:.2f} GB read once from a warm page cache: {report['read_weights_s']:.2f} s")
     head = f"{'path':11} {'load s':>7} {'load/read':>9} {'ready s':>7} {'prefill s':>9} {'decode tok/s':>12} {'peak RSS GB':>11}  agreement with stock bf16"

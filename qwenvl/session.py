@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from .device import resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from .errors import GenerationError, ModelError
 
 # Files a checkpoint needs. Weights only as safetensors: pickled .bin files are
@@ -121,41 +122,6 @@ def _hub_unreachable(timeout: float = 10.0) -> str | None:
     return None
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        built = "built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise ModelError(f"--device cuda: CUDA is not available on this machine ({built}); use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError("--device mps: Apple MPS is not available on this machine; use --device cpu or auto")
-    return name
-
-
-def resolve_dtype(name: str, device: str) -> str:
-    import torch
-
-    if name != "auto":
-        if name == "bfloat16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ModelError("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float16")
-        return name
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device == "mps":
-        return "float16"
-    return CPU_DEFAULT_DTYPE
-
-
-# Chosen by measurement (bench/benchmark.py, README "Performance").
-CPU_DEFAULT_DTYPE = "bfloat16"
-
-
 class ModelSession:
     """Holds the processor and model; `generate` runs any number of requests."""
 
@@ -165,9 +131,13 @@ class ModelSession:
         _quiet_libraries()
         self.log = log
         self.model_name = model
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        from . import device as devices
+
+        self.device = devices.resolve_device(device, log)
         self.path = resolve_model_path(model, log)
+        weights = sum(f.stat().st_size for f in Path(self.path).glob("*.safetensors")) or None
+        self.dtype, reason = devices.choose_dtype(dtype, self.device, quantize, weights, log)
+        self.device_info = devices.device_info(self.device, self.dtype, reason, quantize)
         from transformers import AutoProcessor
 
         from .accel import load_model

@@ -41,7 +41,7 @@ def test_int8_text_output_and_determinism(run_tiny, media):
     assert a.out.strip() and a.out == b.out
 
 
-def test_int8_replaces_the_language_model_linears_only(tiny_model):
+def test_int8_replaces_the_language_model_and_vision_linears(tiny_model):
     from torchao.quantization import Int8Tensor
 
     from qwenvl.accel import Int8Linear, load_model
@@ -50,19 +50,47 @@ def test_int8_replaces_the_language_model_linears_only(tiny_model):
     quantized = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
     lm = model.model.language_model
     n_layers = len(lm.layers)
-    assert len(quantized) == 7 * n_layers + 1  # q k v o gate up down per layer, and the lm_head
+    lm_quantized = {n for n in quantized if ".language_model." in f".{n}."}
+    assert len(lm_quantized) == 7 * n_layers  # q k v o gate up down per layer
     assert "lm_head" in quantized
     for name in quantized:
         module = model.get_submodule(name)
         assert isinstance(module.weight, Int8Tensor)
         assert module.weight.qdata.dtype == torch.int8
-    # the vision tower and the embeddings keep the load dtype
-    for name, module in model.model.visual.named_modules():
-        assert not isinstance(module, Int8Linear), name
-        if isinstance(module, torch.nn.Linear):
-            assert module.weight.dtype == torch.bfloat16
+    # the linear layers of the vision tower's blocks (attention, MLP) are int8 too; its patch mergers not
+    visual = {f"model.visual.{n}" for n, m in model.model.visual.named_modules()
+              if isinstance(m, (torch.nn.Linear, Int8Linear)) and "merger" not in n}
+    assert visual and visual <= quantized
+    assert not any("merger" in n for n in quantized)
+    assert quantized == lm_quantized | visual | {"lm_head"}
+    # the embeddings, norms and the patch convolution keep the load dtype
     assert lm.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.visual.patch_embed.proj.weight.dtype == torch.bfloat16
     assert getattr(model, "qwenvl_quantize", None) == "int8"
+
+
+def test_int8_with_float32_activations_keeps_a_bf16_embedding_table(tiny_model):
+    """--dtype float32 --quantize int8 (CPUs without native bf16): float32 around int8 layers, logits close."""
+    from qwenvl.accel import Int8Linear, load_model
+    from qwenvl.int8 import Bf16StoredLinear, fbgemm_kernel
+
+    inputs = _inputs(tiny_model)
+    model = load_model(tiny_model, "float32", "cpu", "int8")
+    emb = model.get_input_embeddings()
+    assert emb.weight.dtype == torch.bfloat16
+    # the patch mergers' weights stay bf16 in memory (multiplied in float32); all else is float32
+    stored = {id(m.weight) for m in model.modules() if isinstance(m, Bf16StoredLinear)}
+    assert stored and all("merger" in n for n, m in model.named_modules() if isinstance(m, Bf16StoredLinear))
+    floats = {p.dtype for n, p in model.named_parameters()
+              if p is not emb.weight and id(p) not in stored and p.is_floating_point()}
+    assert floats == {torch.float32}
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert layers and {m.kernel for m in layers} == {"fbgemm" if fbgemm_kernel() else "torchao"}
+    ref = _logits(load_model(tiny_model, "float32", "cpu", "none"), inputs)
+    got = _logits(model, inputs)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.05, rel
 
 
 def test_int8_logits_stay_close_to_bf16(tiny_model):
@@ -77,7 +105,7 @@ def test_int8_logits_stay_close_to_bf16(tiny_model):
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
 def test_int8_linear_kernels_match_the_dequantized_weights(rows):
-    """Both kernels (weight-only for few rows, int8 x int8 for many) compute x @ dequant(W).T + b."""
+    """Both torchao-path kernels (weight-only for few rows, int8 x int8 for many) compute x @ dequant(W).T + b."""
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     from qwenvl.accel import INT8_DECODE_MAX_ROWS, Int8Linear
@@ -85,7 +113,7 @@ def test_int8_linear_kernels_match_the_dequantized_weights(rows):
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 384, bias=True).to(torch.bfloat16)
     quantize_(linear, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-    layer = Int8Linear(linear)
+    layer = Int8Linear(linear, kernel="torchao")  # the kernels used where fbgemm is missing (ARM64)
     x = torch.randn(1, rows, 256, dtype=torch.bfloat16)
     w = layer.weight.qdata.float() * layer.weight.scale.float().reshape(-1, 1)
     ref = x.float() @ w.T + layer.bias.float()
@@ -94,6 +122,33 @@ def test_int8_linear_kernels_match_the_dequantized_weights(rows):
     assert y.shape == (1, rows, 384) and y.dtype == torch.bfloat16
     rel = ((y.float() - ref).norm() / ref.norm()).item()
     assert rel < (0.01 if rows <= INT8_DECODE_MAX_ROWS else 0.03), rel
+
+
+@pytest.mark.parametrize("rows", [1, 3, 17, 500])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fbgemm_int8_linear_matches_the_dequantized_weights(rows, dtype):
+    """x86: fbgemm's dynamic int8 linear with per-token activation scales, any row count, both dtypes."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from qwenvl.int8 import Int8Linear, fbgemm_kernel
+
+    if fbgemm_kernel() is None:
+        pytest.skip("no fbgemm backend in this torch (not x86)")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 384, bias=True).to(torch.bfloat16)
+    quantize_(linear, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    w = linear.weight.qdata.float() * linear.weight.scale.float().reshape(-1, 1)
+    layer = Int8Linear(linear, kernel="fbgemm")
+    assert layer.kernel == "fbgemm" and torch.equal(layer.weight.qdata, linear.weight.qdata)
+    x = torch.randn(1, rows, 256, dtype=dtype)
+    x[0, 0] *= 50  # one token with huge activations must not spoil the others' precision
+    ref = x.float() @ w.T + layer.bias.float()
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.shape == (1, rows, 384) and y.dtype == dtype
+    for row in range(rows):
+        rel = ((y[0, row].float() - ref[0, row]).norm() / ref[0, row].norm()).item()
+        assert rel < 0.03, (row, rel)
 
 
 def test_bf16_path_is_bit_identical_to_from_pretrained(tiny_model):
@@ -127,10 +182,10 @@ def test_weight_reader_reads_what_safetensors_reads(tiny_model):
 
 
 def test_int8_on_a_gpu_is_refused_clearly(cli, tiny_model, media, monkeypatch):
-    import qwenvl.session as session
+    import qwenvl.device as devices
 
-    monkeypatch.setattr(session, "resolve_device", lambda name: "cuda")
-    monkeypatch.setattr(session, "resolve_dtype", lambda name, device: "bfloat16")
+    monkeypatch.setattr(devices, "resolve_device", lambda name, log=None: "cuda")
+    monkeypatch.setattr(devices, "choose_dtype", lambda name, device, *a, **k: ("bfloat16", "test"))
     r = cli("--image", media["jpeg"], "--model", tiny_model, "--quantize", "int8", "--max-new-tokens", "2")
     assert r.code == 1, r
     assert "error: --quantize int8 runs on the CPU only" in r.err

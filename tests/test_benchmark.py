@@ -49,6 +49,17 @@ def test_benchmark_quick_writes_every_row(tmp_path):
                for r in report["detail"]["invocations"]["runs"])
     assert set(report["dtypes"]) == {"bfloat16", "float32"}
     assert "dtype comparison" in proc.stdout
+    _assert_cpu_recorded(report["machine"]["cpu"], proc.stdout, tables=2)
+
+
+def _assert_cpu_recorded(cpu: dict, stdout: str, tables: int) -> None:
+    """The CPU the figures come from: in the JSON, and printed above every table."""
+    import torch
+
+    assert cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(cpu["native_bf16"], bool) and cpu["threads"] >= 1 and cpu["cpu_name"]
+    line = f"capability {cpu['capability']}, native bf16 {'yes' if cpu['native_bf16'] else 'no'}"
+    assert stdout.count(line) >= tables, stdout[:2000]
 
 
 @pytest.mark.slow
@@ -79,3 +90,29 @@ def test_speed_script_measures_every_path_on_the_tiny_checkpoint(tiny_model, tmp
     assert set(report["checks"]) == {"bf16_decode_tok_s", "bf16_prefill_s", "load_over_read",
                                      "int8_decode_over_bf16", "int8_prefill_over_bf16", "int8_peak_rss_gb"}
     assert "int8-cached" in proc.stdout and "agreement with stock bf16" in proc.stdout
+    _assert_cpu_recorded(report["cpu"], proc.stdout, tables=1)
+
+
+@pytest.mark.slow
+def test_speed_script_times_whole_cli_requests(tiny_model, tmp_path):
+    """bench/speed.py --requests: the CLI request per path, its timings, decode speed, peak RSS, the dtype auto line."""
+    out = tmp_path / "requests.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "speed.py"), "--requests", "--paths", "float32,auto,int8-cached",
+         "--checkpoint", tiny_model, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    results = report["requests"]["results"]
+    assert set(results) == {"float32", "auto", "int8-cached"}
+    assert results["float32"]["dtype"] == "float32" and results["int8-cached"]["quantize"] == "int8"
+    for name, r in results.items():
+        assert r["completion_tokens"] == 16 and r["prompt_tokens"] > 0, name
+        for key in ("process_s", "load_s", "generate_s", "prefill_s", "decode_tok_s", "peak_rss_gb", "cpu_s"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (name, key)
+    assert any(n.startswith("dtype auto: ") for n in results["auto"]["notes"])
+    assert any(n.startswith("int8: weights from ") for n in results["int8-cached"]["notes"])
+    for key in ("auto_over_fastest_dtype", "int8_cached_over_float32_total", "int8_cached_decode_over_float32"):
+        assert math.isfinite(report["requests"]["ratios"][key]) and report["requests"]["ratios"][key] > 0, key
+    _assert_cpu_recorded(report["cpu"], proc.stdout, tables=1)
