@@ -138,13 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto",
                        help="auto picks cuda, then mps, then cpu; others are obeyed exactly (default: auto)")
     model.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
-                       help="weights dtype; auto: bfloat16 on cuda (float16 if unsupported), float16 on mps, "
-                            "bfloat16 on cpu (default: auto)")
+                       help="weights dtype; auto: bfloat16 on cuda (float16 on GPUs without native bf16), "
+                            "bfloat16 on mps (float32 before macOS 14), and on cpu bfloat16 only where the CPU "
+                            "runs it natively (AVX-512 BF16, AMX), else float32 (default: auto)")
 
     model.add_argument("--quantize", choices=["none", "int8"], default="none",
-                       help="int8: int8 weights for the language model, CPU only; decodes about 2x "
-                            "faster, answers close to but not always the same as bf16; the int8 weights "
-                            "are cached after the first run (default: none)")
+                       help="int8: int8 weights (the language model; the vision tower too on CPUs "
+                            "without native bf16), CPU only; decodes 2-3x faster in a third of float32's "
+                            "memory, answers close to but not always the same; the int8 weights are cached "
+                            "after the first run (default: none)")
 
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",

@@ -82,6 +82,7 @@ class Pipeline:
             "inputs": [],
             "device": self.session.device,
             "dtype": self.session.dtype,
+            "device_info": dict(self.session.device_info),
             "generation": self.settings.describe(),
             "usage": {"prompt_tokens": 0, "completion_tokens": 0},
             "finish_reason": None,

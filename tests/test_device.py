@@ -270,3 +270,22 @@ def test_session_holds_its_device_info(tiny_model):
     assert info["threads"] >= 1 and info["dtype_reason"]
     assert session.dtype == ("bfloat16" if cpu["native_bf16"] else "float32")
     assert sum(line.startswith("dtype auto: ") for line in lines) == 1
+
+
+def test_the_json_record_says_which_cpu_and_why_that_dtype(tiny_model):
+    """An AVX2-only CPU (PyTorch's own limits) through the CLI: float32, and the record says why."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--image",
+                           os.path.join(ROOT, "test_images", "sample.jpg"),
+                           "--model", tiny_model, "--device", "cpu", "--max-new-tokens", "2", "--format", "json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if torch.cpu.get_capabilities().get("architecture", "x86_64") != "x86_64":
+        pytest.skip("AVX2 emulation is x86-only")
+    record = json.loads(proc.stdout)
+    info = record["device_info"]
+    assert record["device"] == info["device"] == "cpu"
+    assert record["dtype"] == info["dtype"] == "float32"
+    assert info["capability"] == "AVX2" and info["native_bf16"] is False
+    assert "bfloat16" in info["dtype_reason"] and info["threads"] >= 1
+    assert sum(line.startswith("dtype auto: float32") for line in proc.stderr.splitlines()) == 1
