@@ -143,10 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "runs it natively (AVX-512 BF16, AMX), else float32 (default: auto)")
 
     model.add_argument("--quantize", choices=["none", "int8"], default="none",
-                       help="int8: int8 weights (the language model; the vision tower too on CPUs "
-                            "without native bf16), CPU only; decodes 2-3x faster in a third of float32's "
-                            "memory, answers close to but not always the same; the int8 weights are cached "
-                            "after the first run (default: none)")
+                       help="int8: int8 weights for the language model and the vision tower, CPU only; "
+                            "decodes 2-3x faster in a third of float32's memory, answers close to but not "
+                            "always the same; the int8 weights are cached after the first run (default: none)")
 
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",

@@ -35,12 +35,10 @@ import os
 # matrix-vector kernel; above it, an int8 x int8 product (prefill).
 INT8_DECODE_MAX_ROWS = 16
 
-# Quantize the vision tower's linear layers too? None: where the fbgemm kernel runs (CPUs
-# without native bf16), whose float32 vision tower is most of prefill and gains most; with
-# native bf16 the gain is about 1 s of a 17 s request for 7 of 64 greedy tokens of agreement
-# (docs/performance.md), so there only the language model is int8. True / False force it
-# (bench/speed.py measures both).
-INT8_VISION: bool | None = None
+# Quantize the vision tower's linear layers too (bench/speed.py measures with and without).
+# On every kind of CPU: with native bf16 they cost 7 of 64 greedy tokens of agreement
+# for about 1 s of prefill, but without them int8 peaks at 3.54 GB there, over 3.5.
+INT8_VISION = True
 # ... but not those of its patch mergers, whose outputs go straight into the language model
 # (the main merger and the deepstack ones): measured, they cost most of the agreement.
 INT8_VISION_SKIP = ("merger",)
@@ -65,15 +63,11 @@ def check_int8_possible(device: str) -> None:
         ) from None
 
 
-def vision_int8(kernel: str) -> bool:
-    """Whether the vision tower's linear layers are int8 with this kernel (see INT8_VISION)."""
-    return kernel == "fbgemm" if INT8_VISION is None else bool(INT8_VISION)
-
-
-def int8_linear_names(model, vision: bool) -> list[str]:
-    """The linear layers int8 applies to: the language model's, the lm_head and, with `vision`, the vision tower's."""
+def int8_linear_names(model, vision: bool | None = None) -> list[str]:
+    """The linear layers int8 applies to: the language model's, the lm_head and (by default) the vision tower's."""
     import torch
 
+    vision = INT8_VISION if vision is None else vision
     names = []
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
@@ -308,9 +302,7 @@ def quantize_int8(model, path: str | None = None, kernel: str | None = None) -> 
     reader = WeightReader(path) if path else None
     tied = _tied_source(model)
     count = 0
-    if kernel is None:
-        kernel = choose_kernel(str(model.dtype).removeprefix("torch."))
-    names = int8_linear_names(model, vision_int8(kernel))
+    names = int8_linear_names(model)
     names.sort(key=lambda n: n != "lm_head")  # the largest first, while little else is allocated
     try:
         for name in names:

@@ -31,7 +31,7 @@ from .int8 import (
 INT8_CACHE_FORMAT = 2  # 2: the vision tower's linears too
 
 
-def int8_cache_file(path: str, kernel: str | None = None) -> Path | None:
+def int8_cache_file(path: str) -> Path | None:
     import hashlib
 
     import torch
@@ -47,8 +47,7 @@ def int8_cache_file(path: str, kernel: str | None = None) -> Path | None:
     for file in files:
         st = file.stat()
         digest.update(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    vision = _int8.vision_int8(kernel or choose_kernel("bfloat16"))
-    layers = f"{vision}|{_int8.INT8_VISION_SKIP}"  # which layers are int8
+    layers = f"{_int8.INT8_VISION}|{_int8.INT8_VISION_SKIP}"  # which layers are int8
     digest.update(f"{INT8_CACHE_FORMAT}|{layers}|{torch.__version__}|{torchao.__version__}".encode())
     if setting:
         root = Path(setting).expanduser()
@@ -63,7 +62,7 @@ def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bf
     `dtype`: the activations' dtype, which decides the kernel (`choose_kernel`).
     """
     kernel = choose_kernel(dtype)
-    cache = int8_cache_file(path, kernel)
+    cache = int8_cache_file(path)
     if cache is not None and cache.is_file():
         try:
             count = _load_int8_cache(model, cache, kernel)
@@ -135,7 +134,7 @@ def _load_int8_cache(model, cache: Path, kernel: str | None = None) -> int:
     from safetensors import safe_open
 
     kernel = kernel or choose_kernel("bfloat16")
-    names = int8_linear_names(model, _int8.vision_int8(kernel))
+    names = int8_linear_names(model)
     template = _template()
     layers = {}
     if kernel == "fbgemm":
