@@ -399,21 +399,20 @@ def print_requests(report: dict) -> None:
                 print(f"{name}: {note}")
 
 
-def cpu_line(cpu: dict) -> str:
-    limits = " (limited by " + " ".join(f"{k}={v}" for k, v in cpu["limits"].items()) + ")" if cpu.get("limits") else ""
-    return (f"CPU: {cpu['cpu_name']} ({cpu['architecture']}), capability {cpu['capability']}, "
-            f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}, {cpu['threads']} threads{limits}")
+def cpu_line(cpu: dict | None) -> str:
+    return _benchmark().cpu_line(cpu)
 
 
 def cpu_record() -> dict:
-    sys.path.insert(0, str(ROOT))
-    from qwenvl.device import cpu_info
+    return _benchmark().cpu_record()
 
-    info = cpu_info()
-    info["limits"] = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
-                                                 "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
-                      if k in os.environ}
-    return info
+
+def _benchmark():
+    """bench/benchmark.py: the checkpoint builder and the CPU record this script shares with it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchmark
+
+    return benchmark
 
 
 # --- the parent ---------------------------------------------------------------
@@ -421,8 +420,7 @@ def cpu_record() -> dict:
 
 def ensure_checkpoint(path: Path) -> Path:
     """A checkpoint of your own is used as it is; the random one of benchmark.py is (re)built when stale."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import benchmark  # builds the same full-size random checkpoint (real tokenizer, real template)
+    benchmark = _benchmark()  # builds the same full-size random checkpoint (real tokenizer, real template)
 
     built_here = (path / ".complete").is_file()
     if benchmark.checkpoint_ready(path) or (not built_here and (path / "model.safetensors").is_file()):
