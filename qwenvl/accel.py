@@ -29,7 +29,8 @@ from .int8 import (  # noqa: F401 (the int8 names callers and tests use)
     kernel_plan,
     quantize_int8,
 )
-from .int8_cache import WeightReader, _WeightReader, int8_cache_file, load_or_quantize_int8  # noqa: F401
+from .int8_cache import int8_cache_file, load_or_quantize_int8  # noqa: F401
+from .weights import WeightReader, _WeightReader  # noqa: F401
 
 QUANTIZE_CHOICES = ("none", "int8")
 

@@ -297,7 +297,7 @@ def quantize_int8(model, path: str | None = None, kernel: str | None = None) -> 
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
     config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
-    from .int8_cache import WeightReader
+    from .weights import WeightReader
 
     reader = WeightReader(path) if path else None
     tied = _tied_source(model)
