@@ -46,8 +46,9 @@ ENV SSL_CERT_FILE=/opt/qwenvl/ca-bundle.pem \
 # Dependencies first: a change to the code below does not reinstall them.
 COPY requirements.txt /opt/qwenvl/requirements.txt
 ARG TORCH_INDEX_URL
-# (PIP_BREAK_SYSTEM_PACKAGES: a base whose python3 is the distribution's own.)
-ENV PIP_BREAK_SYSTEM_PACKAGES=1
+# (PIP_BREAK_SYSTEM_PACKAGES: a base whose python3 is the distribution's own; a build
+# argument, so the RUN steps below see it and the image does not keep it.)
+ARG PIP_BREAK_SYSTEM_PACKAGES=1
 RUN set -eu; \
     if [ -n "${TORCH_INDEX_URL:-}" ]; then \
       pins="$(grep -E '^(torch|torchvision)==' /opt/qwenvl/requirements.txt | cut -d' ' -f1 | tr '\n' ' ')"; pins="${pins% }"; \

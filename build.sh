@@ -83,7 +83,12 @@ if [ "$variant" = auto ]; then
   else
     qwenvl_gpu_state "$(docker info --format '{{json .Runtimes}}' 2>/dev/null || true)"
     case "$QWENVL_GPU_STATE" in
-      runtime|toolkit) variant=cuda ;;
+      runtime|toolkit)
+        variant=cuda
+        if driver="$(qwenvl_driver_version)" && [ "${driver%%.*}" -lt "$QWENVL_DRIVER_CUDA126" ]; then
+          variant=cpu  # no CUDA build of the pinned torch runs on it: the CUDA image would only use the CPU
+          note "NVIDIA driver $driver is older than $QWENVL_DRIVER_CUDA126 (needed by CUDA 12.6): building the CPU-only image (update the driver for the GPU; --cuda builds the CUDA one anyway)"
+        fi ;;
       no-toolkit)
         variant=cpu
         note "this host has an NVIDIA GPU, but Docker cannot use it (no NVIDIA container toolkit): building the CPU-only image (--cuda builds the CUDA one)" ;;

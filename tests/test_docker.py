@@ -483,6 +483,13 @@ def test_built_on_first_use_and_with_a_baked_model(base_image, image, tiny_model
 def test_container_tier_skip_names_its_reason_and_the_command(tmp_path):
     env = {k: v for k, v in _env().items() if k != "QWENVL_DOCKER_START_ERROR"}
     env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    # a docker client whose engine does not answer, whether or not this machine has Docker
+    stand_in = tmp_path / "bin" / "docker"
+    stand_in.parent.mkdir()
+    stand_in.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///nonexistent/docker.sock. "
+                        "Is the docker daemon running?' >&2\nexit 1\n")
+    stand_in.chmod(0o755)
+    env["PATH"] = f"{stand_in.parent}{os.pathsep}{env['PATH']}"
     r = subprocess.run([sys.executable, "-m", "pytest", f"{__file__}::test_image_runs_on_its_own_as_a_non_root_user",
                         "-rs", "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)

@@ -258,6 +258,7 @@ def test_predict_sh_auto_on_macos_prefers_the_local_environment(tmp_path, stand_
     # Asked for explicitly, Docker is still used on macOS.
     r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--docker", "--version"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
+    assert "macOS: running in the local virtual environment" not in r.stderr
     assert any(line.startswith("docker info") for line in calls(docker_log))
     # --quiet: not even the macOS line.
     r = subprocess.run(["bash", str(ROOT / "predict.sh"), "--version", "--quiet"], cwd=tmp_path, env=env,
@@ -322,6 +323,15 @@ def test_build_warns_when_even_cuda_12_6_is_too_new_for_the_driver(tmp_path):
     r = build_dry(tmp_path, "--cuda", fakes={**GPU_HOST, "nvidia-smi": nvidia_smi("470.256.02")})
     assert r.returncode == 0 and build_args(r)["org.qwenvl.variant"] == "cuda12.6"
     assert "older than 525 too: containers will run on the CPU" in r.stderr
+
+
+def test_build_auto_makes_the_cpu_image_for_a_driver_no_cuda_build_runs_on(tmp_path):
+    r = build_dry(tmp_path, fakes={**GPU_HOST, "nvidia-smi": nvidia_smi("470.256.02")})
+    assert r.returncode == 0, r.stderr
+    a = build_args(r)
+    assert a["org.qwenvl.variant"] == "cpu" and "TORCH_INDEX_URL" in a
+    assert ("build.sh: NVIDIA driver 470.256.02 is older than 525 (needed by CUDA 12.6): building the CPU-only "
+            "image (update the driver for the GPU; --cuda builds the CUDA one anyway)") in r.stderr.splitlines()
 
 
 def test_the_default_cuda_base_is_the_dockerfiles(tmp_path):

@@ -162,7 +162,11 @@ def test_sample_prompt_is_475_visual_tokens_plus_the_template_text(cli, real_voc
     # <|im_start|> user \n <|vision_start|> <|vision_end|> Describe ' this' ' image' ' in' ' detail' . <|im_end|>
     # \n <|im_start|> assistant \n
     assert len(text_ids) == 16
-    visual = (800 // 32) * round(600 / 32)  # 800x600 -> 800x608 pixels, one token per 32x32
+    # the visual tokens as the image processor counts them: 800x600 -> 800x608 pixels, one token per 32x32
+    from PIL import Image
+
+    grid = processor.image_processor(images=[Image.open(SAMPLE).convert("RGB")], return_tensors="pt")["image_grid_thw"]
+    visual = int(grid.prod()) // processor.image_processor.merge_size ** 2
     assert visual == 475
     assert record["usage"]["prompt_tokens"] == visual + len(text_ids) == 491
 
