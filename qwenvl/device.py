@@ -86,14 +86,21 @@ def native_bf16(caps: dict | None = None) -> bool:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new process (None when unknown)."""
+    """Bytes of memory available to a new process (None when unknown); a container's limit counts."""
+    available = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
+    room = cgroup_room()
+    if room is not None:
+        available = room if available is None else min(available, room)
+    if available is not None:
+        return available
     if sys.platform == "darwin":
         try:
             out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, timeout=5)
@@ -104,6 +111,28 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2 (Docker, systemd)
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+)
+
+
+def cgroup_room(files=CGROUP_FILES) -> int | None:
+    """Bytes left under this process's cgroup memory limit (docker run --memory), None without a limit."""
+    for limit_file, usage_file in files:
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # no limit (v1 says a huge number)
+            return None
+        return max(0, int(limit) - usage)
+    return None
 
 
 def float32_peak(weights_bytes: int | None) -> float:
@@ -219,6 +248,13 @@ def mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def int8_float32_kernel() -> bool:
+    """Does an int8 kernel for float32 activations (fbgemm) run here?"""
+    from .int8 import fbgemm_kernel
+
+    return fbgemm_kernel() is not None
+
+
 def _first_line(exc) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
@@ -240,6 +276,8 @@ def choose_dtype(name: str, device: str, quantize: str = "none", weights_bytes: 
         if name == "bfloat16" and device == "cuda" and not cuda_native_bf16():
             raise ModelError("--dtype bfloat16: this GPU has no native bfloat16 (compute capability < 8.0); "
                              "use --dtype float16 or auto")
+        if name == "bfloat16" and device == "mps" and not mps_bf16():
+            raise ModelError("--dtype bfloat16: MPS has bfloat16 from macOS 14 on; use --dtype float32 or auto")
         if name == "float16" and device == "mps":
             log("warning: float16 on MPS can overflow in Qwen models (inf/NaN output); "
                 "--dtype auto picks a safe dtype")
@@ -255,9 +293,12 @@ def choose_dtype(name: str, device: str, quantize: str = "none", weights_bytes: 
     info = cpu_info()
     if info["native_bf16"]:
         dtype, reason = "bfloat16", f"the CPU ({info['capability']}) has native bfloat16: faster than float32"
-    elif quantize == "int8":
+    elif quantize == "int8" and int8_float32_kernel():
         dtype, reason = "float32", (f"the CPU ({info['capability']}) has no native bfloat16: "
-                                    "float32 activations with int8 weights")
+                                    "float32 activations with fbgemm's int8 kernels")
+    elif quantize == "int8":  # no fbgemm (ARM64): the int8 kernels that remain take bfloat16 activations
+        dtype, reason = "bfloat16", (f"the CPU ({info['capability']}) has no fbgemm int8 kernels for float32 "
+                                     "activations: bfloat16 activations with int8 weights")
     else:
         need, avail = float32_peak(weights_bytes), available_memory()
         if avail is not None and avail < need:

@@ -27,6 +27,9 @@ SAPPHIRE_RAPIDS = {**X86, "avx512_f": True, "avx512_bf16": True, "amx_bf16": Tru
 SKYLAKE = {**X86, "avx512_f": True}
 
 
+AVAILABLE_MEMORY = devices.available_memory
+
+
 def simulate_cpu(monkeypatch, caps: dict, capability: str, mkldnn_bf16: bool, memory: int | None = 64 * 10**9):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: dict(caps))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
@@ -90,10 +93,37 @@ def test_float32_need_scales_with_the_checkpoint(monkeypatch):
 
 def test_int8_compute_dtype_follows_the_cpu_not_the_memory(monkeypatch):
     simulate_cpu(monkeypatch, X86, "AVX2", False, memory=4 * 10**9)
+    monkeypatch.setattr(devices, "int8_float32_kernel", lambda: True)  # fbgemm runs (x86)
     dtype, _, lines = auto_cpu(quantize="int8", weights=4_260_000_000)
     assert dtype == "float32" and "int8" in lines[0]
     simulate_cpu(monkeypatch, SAPPHIRE_RAPIDS, "AVX512", True)
     assert auto_cpu(quantize="int8")[0] == "bfloat16"
+
+
+def test_int8_without_fbgemm_keeps_bfloat16_activations(monkeypatch):
+    """ARM64 without BF16: the int8 kernels that remain take bf16 activations (float32 ones run 13x slower)."""
+    simulate_cpu(monkeypatch, {"architecture": "aarch64", "cpu_name": "Neoverse-N1"}, "DEFAULT", False)
+    monkeypatch.setattr(devices, "int8_float32_kernel", lambda: False)
+    dtype, reason, lines = auto_cpu(quantize="int8")
+    assert dtype == "bfloat16" and "fbgemm" in reason and len(lines) == 1
+
+
+def test_a_container_memory_limit_counts(tmp_path):
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("8589934592\n")
+    usage.write_text("1073741824\n")
+    assert devices.cgroup_room([(str(limit), str(usage))]) == 7 * 2**30
+    limit.write_text("max\n")
+    assert devices.cgroup_room([(str(limit), str(usage))]) is None
+    assert devices.cgroup_room([(str(tmp_path / "none"), str(usage))]) is None
+
+
+def test_avx2_cpu_in_a_small_container_does_not_pick_float32(monkeypatch):
+    simulate_cpu(monkeypatch, X86, "AVX2", False)
+    monkeypatch.setattr(devices, "available_memory", AVAILABLE_MEMORY)  # the real reader, under a limit:
+    monkeypatch.setattr(devices, "cgroup_room", lambda files=None: 8 * 10**9)  # docker run --memory 8g
+    dtype, reason, lines = auto_cpu(weights=4_260_000_000)
+    assert dtype == "bfloat16" and "memory" in lines[0]
 
 
 def test_explicit_dtype_is_kept_on_the_cpu(monkeypatch):
@@ -229,6 +259,12 @@ def test_mps_never_picks_float16(monkeypatch, macos14, expected):
     monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: macos14)
     dtype, reason = devices.choose_dtype("auto", "mps")
     assert dtype == expected and "float16 overflows" in reason
+
+
+def test_mps_bfloat16_asked_for_before_macos_14_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: False)
+    with pytest.raises(devices.ModelError, match="macOS 14"):
+        devices.choose_dtype("bfloat16", "mps")
 
 
 def test_mps_float16_asked_for_is_kept_with_a_warning():
