@@ -12,7 +12,7 @@ import sys
 
 from .errors import EXIT_OK, QwenVLError
 from .inputs import PdfInput, load_image_source, redact
-from .outputs import atomic_write, write_stdout
+from .outputs import StdoutStream, atomic_write
 from .pipeline import Pipeline, Request
 from .prompts import assistant_turn, image_item, user_turn
 
@@ -32,8 +32,7 @@ def run_chat(pipeline: Pipeline, media, sources, stored_history, history) -> int
     def say(message: str) -> None:
         print(message, file=err, flush=True)
 
-    def stream(text: str) -> None:
-        write_stdout(text, sys.stdout)
+    stream = StdoutStream()
 
     say(f"chatting with {options.model.name}. {HELP}")
     for m, _ in pending:
@@ -87,11 +86,11 @@ def run_chat(pipeline: Pipeline, media, sources, stored_history, history) -> int
         except QwenVLError as exc:
             say(f"error: {exc}")
             continue
+        stream.end_line(always=result.error is None)
         if result.error is not None:
             say(f"error: {result.error}")
             continue
         record = result.record
-        write_stdout("\n", sys.stdout)
         if record["finish_reason"] == "length":
             say(f"(stopped at the token limit, {options.generation.max_new_tokens} tokens)")
         elif record["finish_reason"] == "repetition":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -141,6 +142,23 @@ def save_image(image, path: str) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise OutputError(f"{path}: cannot encode the image as {fmt} ({exc})") from None
     atomic_write_bytes(path, buf.getvalue())
+
+
+class StdoutStream:
+    """--stream and --chat: answer text goes to stdout as it is generated; `started` says if any did."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, text: str) -> None:
+        self.started = self.started or bool(text)
+        write_stdout(text, sys.stdout)
+
+    def end_line(self, always: bool = True) -> None:
+        """Close the answer's line (`always=False`: only if some text was written, as after a failure)."""
+        if always or self.started:
+            write_stdout("\n", sys.stdout)
+        self.started = False
 
 
 def write_stdout(text: str, stream: IO[str]) -> None:

@@ -16,7 +16,7 @@ from .history import load_history
 from .inputs import Media, PdfInput, data_uri, load_image_source, load_video, read_bytes, redact
 from .log import Log
 from .options import Options
-from .outputs import atomic_write, page_marker, write_stdout
+from .outputs import StdoutStream, atomic_write, page_marker, write_stdout
 from .pipeline import Pipeline, Request, open_session
 from .prompts import assistant_turn, user_turn
 from .sinks import RecordSink
@@ -69,16 +69,16 @@ def _run_single(options: Options, log: Log) -> int:
         from .chat import run_chat
 
         return run_chat(pipeline, media, stored_sources, stored_history, history)
-    stream = _stdout_streamer() if options.output.stream else None
+    stream = StdoutStream() if options.output.stream else None
     if pdfs:
         record, exit_code = _run_pages(pipeline, pdfs, log, stream)
     else:
         request = Request(images=media, video=video, history=history)
         (result,) = pipeline.run([request], on_text=stream)
+        if stream:  # a failed generation may have streamed part of an answer: its line is closed too
+            stream.end_line(always=result.generated)
         if result.error is not None and not result.generated:
             raise result.error  # nothing was answered: one error line, exit 1
-        if stream:
-            write_stdout("\n", sys.stdout)
         record, exit_code = result.record, EXIT_OK
         if result.error is not None:
             source = media[0].source if media else "answer"
@@ -140,7 +140,7 @@ def _run_pages(pipeline: Pipeline, pdfs: list[PdfInput], log: Log, stream) -> tu
                     write_stdout(page_marker(pdf.source, number) + "\n", sys.stdout)
                 (result,) = pipeline.run([Request(images=[page])], on_text=stream)
                 if stream:
-                    write_stdout("\n", sys.stdout)
+                    stream.end_line()
                 entry = pipeline.add_page(document, pdf.source, number, result)
             except QwenVLError as exc:
                 entry = pipeline.add_page(document, pdf.source, number, exc)
@@ -158,13 +158,6 @@ def _storable(source: str, log) -> str:
     if safe != source:
         log.warn(f"{safe}: the URL's user:password is not stored in the history file")
     return safe
-
-
-def _stdout_streamer():
-    def on_text(text: str) -> None:
-        write_stdout(text, sys.stdout)
-
-    return on_text
 
 
 class _BytesStdin:

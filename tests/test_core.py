@@ -297,3 +297,18 @@ def test_undecodable_file_name_gives_valid_json(run_tiny, media, tmp_path):
     assert r.code == 0, r
     rec = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8
     assert rec["inputs"][0]["source"].endswith("caf\udce9.jpg")
+
+
+def test_a_streamed_answer_cut_by_a_failure_still_ends_its_line(capsys):
+    """--stream / --chat: after a generation that failed part-way, stdout's line is closed; untouched otherwise."""
+    from qwenvl.outputs import StdoutStream
+
+    stream = StdoutStream()
+    stream.end_line(always=False)  # nothing was streamed: stdout stays empty
+    assert capsys.readouterr().out == ""
+    stream("Bonjour, ")
+    stream("le monde")
+    stream.end_line(always=False)
+    assert capsys.readouterr().out == "Bonjour, le monde\n"
+    stream.end_line()  # a finished answer always ends its line
+    assert capsys.readouterr().out == "\n"

@@ -125,12 +125,12 @@ def test_validate_reports_the_path():
 
 
 def test_stream_matches_plain_output(run_tiny, media, monkeypatch):
-    import qwenvl.runner as runner
+    import qwenvl.outputs as outputs  # the streamer (outputs.StdoutStream) writes through outputs.write_stdout
 
     plain = run_tiny("--image", media["jpeg"], tokens=12)
     chunks = []
-    real = runner.write_stdout
-    monkeypatch.setattr(runner, "write_stdout", lambda text, stream: (chunks.append(text), real(text, stream)))
+    real = outputs.write_stdout
+    monkeypatch.setattr(outputs, "write_stdout", lambda text, stream: (chunks.append(text), real(text, stream)))
     streamed = run_tiny("--image", media["jpeg"], "--stream", tokens=12)
     assert streamed.code == 0 and streamed.out == plain.out
     assert len(chunks) > 2  # pieces arrived one by one, then the final newline
