@@ -26,7 +26,6 @@ from .int8 import (  # noqa: F401 (the int8 names callers and tests use)
     check_int8_possible,
     compute_in_float32,
     int8_linear_names,
-    kernel_plan,
     quantize_int8,
 )
 from .int8_cache import int8_cache_file, load_or_quantize_int8  # noqa: F401

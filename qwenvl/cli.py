@@ -18,7 +18,7 @@ from .inputs import DEFAULT_DPI, DEFAULT_MAX_BYTES, DEFAULT_URL_TIMEOUT, parse_p
 from .outputs import FORMATS, format_for_path
 from .options import (
     BatchOptions,
-    GenerationOptions,
+    GenerationSettings,
     InputOptions,
     ModelOptions,
     Options,
@@ -244,9 +244,9 @@ def validate(args: argparse.Namespace) -> Options:
 
         schema = load_schema(args.schema)
     return Options(
-        task=TaskOptions(name=args.task, prompt=args.prompt, system=args.system, schema_path=args.schema,
-                         schema=schema, retries=args.retries, annotate=args.annotate),
-        generation=GenerationOptions(
+        task=TaskOptions(name=args.task, prompt=args.prompt, system=args.system, schema=schema,
+                         retries=args.retries, annotate=args.annotate),
+        generation=GenerationSettings(
             max_new_tokens=args.max_new_tokens or TASKS[args.task].max_new_tokens,
             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             repetition_penalty=args.repetition_penalty, seed=args.seed, loop_guard=args.loop_guard,

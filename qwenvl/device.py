@@ -24,7 +24,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 # Peak resident memory of a float32 request per byte of bf16 checkpoint:
 # 13.2 GB for the 4.26 GB Qwen3-VL-2B file (bench/speed.py, AVX2 CPU).
@@ -184,8 +184,8 @@ def cuda_problem() -> str | None:
         try:
             available = torch.cuda.is_available()
         except RuntimeError as exc:  # CUDA init errors
-            return f"CUDA cannot start ({_first_line(exc)})"
-    told = [_first_line(w.message) for w in caught if "cuda" in str(w.message).lower()
+            return f"CUDA cannot start ({first_line(exc)})"
+    told = [first_line(w.message) for w in caught if "cuda" in str(w.message).lower()
             or "driver" in str(w.message).lower()]
     if not available:
         if told:
@@ -202,7 +202,7 @@ def cuda_problem() -> str | None:
         major, minor = torch.cuda.get_device_capability(0)
         arches = torch.cuda.get_arch_list()
     except RuntimeError as exc:
-        return f"CUDA cannot start ({_first_line(exc)})"
+        return f"CUDA cannot start ({first_line(exc)})"
     if arches and not arch_supported(major, minor, arches):
         gpu = torch.cuda.get_device_name(0)
         return (f"{gpu} (compute capability {major}.{minor}) is not supported by torch {torch.__version__}, "
@@ -253,11 +253,6 @@ def int8_float32_kernel() -> bool:
     from .int8 import fbgemm_kernel
 
     return fbgemm_kernel() is not None
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 # --- dtypes --------------------------------------------------------------------

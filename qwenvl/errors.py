@@ -11,6 +11,12 @@ EXIT_USAGE = 2  # bad arguments: found before the model loads
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: finished results are kept
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 class QwenVLError(Exception):
     """Base class: a failure with a one-line message meant for the user."""
 

@@ -14,17 +14,9 @@ import os
 from .errors import InputError
 from .inputs import LoadOptions, PdfInput, load_image_source, load_video, read_json_file
 from .options import VisionOptions
-from .prompts import VIDEO_FRAME_MAX_PIXELS, image_item, video_item
+from .prompts import VIDEO_FRAME_MAX_PIXELS, image_item, is_image, is_video, video_item
 
 ROLES = ("system", "user", "assistant")
-
-
-def is_image(item: dict) -> bool:
-    return item.get("type") == "image" or "image" in item or "image_url" in item
-
-
-def is_video(item: dict) -> bool:
-    return item.get("type") == "video" or "video" in item
 
 
 def message_text(message: dict) -> str:

@@ -125,15 +125,6 @@ def choose_kernel(dtype: str) -> str:
     return "fbgemm" if dtype == "float32" and fbgemm_kernel() is not None else "torchao"
 
 
-def kernel_plan(dtype: str) -> dict:
-    """Which kernel an int8 layer uses for decode and prefill, with activations of `dtype`."""
-    fb = fbgemm_kernel()
-    if choose_kernel(dtype) != "fbgemm":
-        return {"prefill": "torch._int_mm (per-token int8)", "decode": "_weight_int8pack_mm"}
-    bits = "7-bit" if fb["reduce_range"] else "8-bit"
-    return {"prefill": f"fbgemm linear_dynamic ({bits} per-token activations)", "decode": "fbgemm linear_dynamic"}
-
-
 def _fbgemm_pack(qdata, scale):
     """fbgemm's packed form of per-row int8 weights (symmetric: zero points 0)."""
     import warnings

@@ -1,4 +1,4 @@
-"""The `--quantize int8` weight cache, and reading single tensors of safetensors files.
+"""The `--quantize int8` weight cache (reading single tensors: qwenvl/weights.py).
 
 Quantizing the weights takes 15-60 s on 2 cores; the result is kept in one
 safetensors file per checkpoint (about 2 GB for the 2B model) so that the
@@ -85,8 +85,6 @@ def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bf
         except OSError as exc:
             log(f"warning: cannot cache int8 weights in {cache}: {exc.strerror or exc}")
     return count
-
-
 
 
 def _save_int8_cache(model, cache: Path) -> None:

@@ -5,7 +5,7 @@ below the CLI sees the argparse namespace. Pure data: no I/O, no torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -15,31 +15,31 @@ class TaskOptions:
     name: str = "caption"
     prompt: str | None = None  # --prompt as given (None: the task's default)
     system: str | None = None
-    schema_path: str | None = None
     schema: dict | None = None  # --schema, loaded and checked (extract)
     retries: int = 2
     annotate: str | None = None  # ground: write the image with its boxes here
 
 
 @dataclass(frozen=True)
-class GenerationOptions:
+class GenerationSettings:
+    """How answers are generated; the session takes these as they are."""
+
     max_new_tokens: int = 512
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy, deterministic
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
     loop_guard: bool = True
-    ignore_eos: bool = False
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
 
-    def settings(self):
-        from .session import GenerationSettings
-
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-            top_k=self.top_k, repetition_penalty=self.repetition_penalty, seed=self.seed,
-            loop_guard=self.loop_guard, ignore_eos=self.ignore_eos,
-        )
+    def describe(self) -> dict:
+        """The settings as a record's `generation` field."""
+        info = asdict(self)
+        info["do_sample"] = self.temperature > 0
+        if not self.ignore_eos:
+            info.pop("ignore_eos")
+        return info
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class InputOptions:
 @dataclass(frozen=True)
 class Options:
     task: TaskOptions
-    generation: GenerationOptions
+    generation: GenerationSettings
     vision: VisionOptions
     output: OutputOptions
     model: ModelOptions

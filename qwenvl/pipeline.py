@@ -67,7 +67,7 @@ class Pipeline:
         self.session = session
         self.options = options
         self.task = options.task
-        self.settings = options.generation.settings()
+        self.settings = options.generation
         self.prompt = task_prompt(options.task)
 
     # --- records --------------------------------------------------------------

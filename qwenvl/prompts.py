@@ -57,6 +57,15 @@ def resolve_prompt(task: str, prompt: str | None) -> str:
     return spec.prompt
 
 
+def is_image(item: dict) -> bool:
+    """A message content item that the chat template renders as an image."""
+    return item.get("type") == "image" or "image" in item or "image_url" in item
+
+
+def is_video(item: dict) -> bool:
+    return item.get("type") == "video" or "video" in item
+
+
 def image_item(image, min_pixels: int, max_pixels: int) -> dict:
     return {"type": "image", "image": image, "min_pixels": min_pixels, "max_pixels": max_pixels}
 

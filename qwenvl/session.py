@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .device import resolve_device, resolve_dtype  # noqa: F401 (re-exported)
-from .errors import GenerationError, ModelError
+from .errors import GenerationError, ModelError, first_line
+from .options import GenerationSettings
+from .prompts import is_image, is_video
 
 # Files a checkpoint needs. Weights only as safetensors: pickled .bin files are
 # never downloaded or loaded.
@@ -26,25 +27,6 @@ CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
 LOOP_MAX_PERIOD = 100
 LOOP_MIN_REPEATS = 4
 LOOP_MIN_SPAN = 256
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0: greedy, deterministic
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    loop_guard: bool = True
-    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
-
-    def describe(self) -> dict:
-        info = asdict(self)
-        info["do_sample"] = self.temperature > 0
-        if not self.ignore_eos:
-            info.pop("ignore_eos")
-        return info
 
 
 @dataclass
@@ -100,8 +82,8 @@ def resolve_model_path(model: str, log: Callable[[str], None] = lambda s: None) 
     try:
         return snapshot_download(model, allow_patterns=CHECKPOINT_PATTERNS)
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{advice}, and the download failed ({first}); pass --model /path/to/checkpoint") from None
+        raise ModelError(f"{advice}, and the download failed ({first_line(exc)}); "
+                         "pass --model /path/to/checkpoint") from None
 
 
 DEFAULT_HUB_ID = "Qwen/Qwen3-VL-2B-Instruct"
@@ -147,8 +129,7 @@ class ModelSession:
             self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=False)
             self.model = load_model(self.path, self.dtype, self.device, quantize, log)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot load model {model!r} from {self.path}: {first}") from None
+            raise ModelError(f"cannot load model {model!r} from {self.path}: {first_line(exc)}") from None
         self.processor.tokenizer.padding_side = "left"
         self.tokenizer = self.processor.tokenizer
         self.eos_ids = self._eos_ids()
@@ -298,9 +279,9 @@ def needs_vision_ids(conversation: list[dict]) -> bool:
     for message in conversation:
         content = message.get("content")
         for item in content if isinstance(content, list) else []:
-            if item.get("type") == "image" or "image" in item or "image_url" in item:
+            if is_image(item):
                 images += 1
-            elif item.get("type") == "video" or "video" in item:
+            elif is_video(item):
                 videos += 1
     return images > 1 or videos > 1
 
