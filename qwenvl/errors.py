@@ -30,6 +30,10 @@ class QwenVLError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def as_record(self) -> dict:
+        """The `error` field of a result record."""
+        return {"type": self.kind, "message": self.message}
+
 
 class UsageError(QwenVLError):
     """Arguments that cannot work together or are out of range."""

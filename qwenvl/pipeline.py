@@ -104,7 +104,7 @@ class Pipeline:
     def failed(self, exc: QwenVLError, request: Request | None = None) -> Result:
         """The record of a request that never reached the model (or whose generation failed)."""
         record = self.new_record(request)
-        record["error"] = {"type": exc.kind, "message": str(exc)}
+        record["error"] = exc.as_record()
         return Result(record, exc)
 
     def new_document(self) -> dict:
@@ -117,7 +117,7 @@ class Pipeline:
         entry = {"source": source, "page": page, "text": "", "finish_reason": None,
                  "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "error": None}
         if isinstance(result, QwenVLError):
-            entry["error"] = {"type": result.kind, "message": str(result)}
+            entry["error"] = result.as_record()
         else:
             rec = result.record
             entry.update(text=rec["text"], finish_reason=rec["finish_reason"], usage=dict(rec["usage"]),
@@ -189,7 +189,7 @@ class Pipeline:
                 self._extract(record, messages, gen)
         except QwenVLError as exc:
             error = exc
-            record["error"] = {"type": exc.kind, "message": str(exc)}
+            record["error"] = exc.as_record()
         for key in TIMING_KEYS + ("total_s",):
             timings[key] = round(timings[key], 3)
         if error is None and self.task.annotate and record.get("objects") is not None:
