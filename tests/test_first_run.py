@@ -69,17 +69,23 @@ def small_venv(tmp_path) -> Path:
     return venv
 
 
+def run_base_script(tmp_path: Path, venv, images: str = "") -> tuple[subprocess.CompletedProcess, Path]:
+    """scripts/docker_test_base.sh against a stand-in docker (holding `images`) and debootstrap."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
+    fake_docker(bin_dir, log, images=images)
+    fake_debootstrap(bin_dir)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    env.pop("QWENVL_TEST_FRESH_BASE", None)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), str(venv)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    return r, log
+
+
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="docker_test_base.sh reuses a Python 3.11 venv")
 def test_base_image_is_built_on_a_machine_with_no_images(tmp_path, small_venv):
     # The bug this guards: the last step filtered the (empty) list of older
     # images with grep under `set -o pipefail` and exited 1 with no message.
-    bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
-    fake_docker(bin_dir, log)
-    fake_debootstrap(bin_dir)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
-    env.pop("QWENVL_TEST_FRESH_BASE", None)
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), str(small_venv)],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r, log = run_base_script(tmp_path, small_venv)
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"qwenvl-test-base:[0-9a-f]{16}\n", r.stdout), r.stdout
     image = r.stdout.strip()
@@ -92,13 +98,7 @@ def test_base_image_is_built_on_a_machine_with_no_images(tmp_path, small_venv):
 
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="docker_test_base.sh reuses a Python 3.11 venv")
 def test_base_image_build_removes_only_older_bases(tmp_path, small_venv):
-    bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
-    fake_docker(bin_dir, log, images="qwenvl-test-base:0123456789abcdef\n")
-    fake_debootstrap(bin_dir)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
-    env.pop("QWENVL_TEST_FRESH_BASE", None)
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "docker_test_base.sh"), str(small_venv)],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r, log = run_base_script(tmp_path, small_venv, images="qwenvl-test-base:0123456789abcdef\n")
     assert r.returncode == 0, r.stderr
     rmis = [line for line in calls(log) if line.startswith("docker rmi")]
     assert rmis == ["docker rmi qwenvl-test-base:0123456789abcdef"]
