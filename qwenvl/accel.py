@@ -28,13 +28,22 @@ from .int8 import (  # noqa: F401 (the int8 names callers and tests use)
     int8_linear_names,
     quantize_int8,
 )
-from .int8_cache import int8_cache_file, load_or_quantize_int8  # noqa: F401
+from .int8_cache import int8_cache_file, load_or_quantize_int8, start_packing  # noqa: F401
 from .weights import WeightReader, _WeightReader  # noqa: F401
 
 QUANTIZE_CHOICES = ("none", "int8")
 
 
-def load_model(path: str, dtype: str, device: str, quantize: str = "none", log=lambda s: None):
+def load_model(path: str, dtype: str, device: str, quantize: str = "none", log=lambda s: None, packing=None):
+    """The model, ready. `packing`: the int8 cache's packing from `start_packing` (closed here)."""
+    try:
+        return _load_model(path, dtype, device, quantize, log, packing)
+    finally:
+        if packing is not None:
+            packing.close()
+
+
+def _load_model(path, dtype, device, quantize, log, packing):
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -56,7 +65,7 @@ def load_model(path: str, dtype: str, device: str, quantize: str = "none", log=l
         trust_remote_code=False,
     ).eval()
     if quantize == "int8":
-        load_or_quantize_int8(model, path, log, dtype)
+        load_or_quantize_int8(model, path, log, dtype, packing)
         if dtype == "float32":
             compute_in_float32(model)
     if device == "cpu":

@@ -43,6 +43,11 @@ INT8_VISION = True
 # (the main merger and the deepstack ones): measured, they cost most of the agreement.
 INT8_VISION_SKIP = ("merger",)
 
+# fbgemm packs a weight of many rows far slower per weight (the lm_head's 151936 rows:
+# 4.4 s, in blocks of 4096 rows 1.1 s, bench/kernels.py): layers of more than twice
+# this many rows are packed, and run, in blocks of it.
+FBGEMM_PACK_ROWS = 4096
+
 TORCHAO_PIN = "torchao==0.18.0"
 
 
@@ -54,13 +59,20 @@ def check_int8_possible(device: str) -> None:
             f"--quantize int8 runs on the CPU only (int8 CPU kernels); on --device {device} "
             "use --quantize none (bf16/fp16 on the GPU is faster and exact), or pass --device cpu"
         )
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
+    if not _installed("torchao"):  # imported only where used (2 s): reading fbgemm's cache does not
         raise ModelError(
             f"--quantize int8 needs the torchao package: pip install {TORCHAO_PIN} "
             "(it is in requirements.txt)"
         ) from None
+
+
+def _installed(name: str) -> bool:
+    import sys
+    from importlib.util import find_spec
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return find_spec(name) is not None
 
 
 def int8_linear_names(model, vision: bool | None = None) -> list[str]:
@@ -126,21 +138,30 @@ def choose_kernel(dtype: str) -> str:
 
 
 def _fbgemm_pack(qdata, scale):
-    """fbgemm's packed form of per-row int8 weights (symmetric: zero points 0)."""
+    """fbgemm's packed form of per-row int8 weights (symmetric: zero points 0).
+
+    Thread-safe (the int8 cache's loader packs in several threads): the
+    quantized engine is process-wide state, so it is set to fbgemm, never
+    toggled back and forth.
+    """
     import warnings
 
     import torch
 
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "fbgemm"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "quantized tensors are deprecated"
-            zero = torch.zeros(qdata.shape[0], dtype=torch.long)
-            q = torch._make_per_channel_quantized_tensor(qdata, scale.reshape(-1).double(), zero, 0)
-            return torch.ops.quantized.linear_prepack(q, None)
-    finally:
-        torch.backends.quantized.engine = previous
+    if torch.backends.quantized.engine != "fbgemm":
+        torch.backends.quantized.engine = "fbgemm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "quantized tensors are deprecated"
+        zero = torch.zeros(qdata.shape[0], dtype=torch.long)
+        q = torch._make_per_channel_quantized_tensor(qdata, scale.reshape(-1).double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+def fbgemm_pack_rows(qdata, scale) -> list:
+    """fbgemm's packed form of a layer: one block, or blocks of FBGEMM_PACK_ROWS rows for many rows."""
+    out = qdata.shape[0]
+    rows = FBGEMM_PACK_ROWS if out > 2 * FBGEMM_PACK_ROWS else out
+    return [_fbgemm_pack(qdata[i:i + rows], scale[i:i + rows]) for i in range(0, out, rows)]
 
 
 _TEMPLATE: list = []
@@ -173,25 +194,43 @@ class Int8Linear(_Module):
     """
 
     def __init__(self, quantized, kernel: str | None = None):
+        q = quantized.weight
+        super().__init__()
+        self._setup(quantized.in_features, quantized.out_features, quantized.bias, q.qdata, q.scale.reshape(-1),
+                    q.dtype, kernel or choose_kernel(str(q.dtype).removeprefix("torch.")), q)
+
+    @classmethod
+    def from_packed(cls, linear, packed: list, scale) -> "Int8Linear":
+        """An fbgemm Int8Linear with `linear`'s shape and bias over `fbgemm_pack_rows`' result.
+
+        Needs neither torchao nor the float weight: what the int8 cache's
+        loader builds from weights packed in background threads.
+        """
         import torch
 
-        super().__init__()
-        self.in_features = quantized.in_features
-        self.out_features = quantized.out_features
-        self.bias = quantized.bias
-        q = quantized.weight
-        self.weight_dtype = q.dtype
-        fb = fbgemm_kernel()
-        self.kernel = kernel or choose_kernel(str(q.dtype).removeprefix("torch."))
-        qdata, scale = q.qdata, q.scale.reshape(-1)
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        layer._setup(linear.in_features, linear.out_features, bias, None, scale.reshape(-1),
+                     linear.weight.dtype, "fbgemm", None, packed)
+        return layer
+
+    def _setup(self, in_features, out_features, bias, qdata, scale, weight_dtype, kernel, qweight, packed=None):
+        import torch
+
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias = bias
+        self.weight_dtype = weight_dtype
+        self.kernel = kernel
         self.register_buffer("row_scale_f32", scale.float(), persistent=False)
         if self.kernel == "fbgemm":  # the int8 rows live only in fbgemm's packed form
-            self.reduce_range = (fb or {"reduce_range": True})["reduce_range"]
-            self._packed = _fbgemm_pack(qdata, scale.float())
+            self.reduce_range = (fbgemm_kernel() or {"reduce_range": True})["reduce_range"]
+            self._packed = packed if packed is not None else fbgemm_pack_rows(qdata, self.row_scale_f32)
             self._qweight = self._qdata = None
         else:
             self._packed = None
-            self._qweight = torch.nn.Parameter(q, requires_grad=False)
+            self._qweight = torch.nn.Parameter(qweight, requires_grad=False)
             self._qdata = qdata
             # the weight-only kernel takes the scales in the activation dtype
             self.register_buffer("row_scale", scale.to(torch.bfloat16), persistent=False)
@@ -211,8 +250,8 @@ class Int8Linear(_Module):
 
         if self._packed is None:
             return self._qdata, self.row_scale_f32
-        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return qweight.int_repr(), self.row_scale_f32
+        parts = [torch.ops.quantized.linear_unpack(p)[0].int_repr() for p in self._packed]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), self.row_scale_f32
 
     def forward(self, x):
         import torch
@@ -256,11 +295,15 @@ class Int8Linear(_Module):
     def _fbgemm_rows(self, xf):
         import torch
 
+        s = None
         if xf.shape[0] == 1:  # one row: fbgemm's per-tensor scale is already per token
-            return torch.ops.quantized.linear_dynamic(xf.contiguous(), self._packed, self.reduce_range)
-        s = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
-        y = torch.ops.quantized.linear_dynamic(xf / s, self._packed, self.reduce_range)
-        return y.mul_(s)
+            xf = xf.contiguous()
+        else:
+            s = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
+            xf = xf / s
+        parts = [torch.ops.quantized.linear_dynamic(xf, p, self.reduce_range) for p in self._packed]
+        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return y if s is None else y.mul_(s)
 
     def _int8_matmul(self, x):
         """Dynamic per-token int8 activations x int8 weights (`torch._int_mm`), rescaled to bfloat16.

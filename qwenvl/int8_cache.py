@@ -34,9 +34,14 @@ INT8_CACHE_FORMAT = 2  # 2: the vision tower's linears too
 
 def int8_cache_file(path: str) -> Path | None:
     import hashlib
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
-    import torchao
+
+    try:
+        torchao_version = version("torchao")  # not imported: reading fbgemm's cache does not need it
+    except PackageNotFoundError:
+        torchao_version = "none"
 
     setting = os.environ.get("QWENVL_INT8_CACHE", "")
     if setting.strip().lower() in ("0", "off", "no", "false"):
@@ -49,7 +54,7 @@ def int8_cache_file(path: str) -> Path | None:
         st = file.stat()
         digest.update(f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     layers = f"{_int8.INT8_VISION}|{_int8.INT8_VISION_SKIP}"  # which layers are int8
-    digest.update(f"{INT8_CACHE_FORMAT}|{layers}|{torch.__version__}|{torchao.__version__}".encode())
+    digest.update(f"{INT8_CACHE_FORMAT}|{layers}|{torch.__version__}|{torchao_version}".encode())
     if setting:
         root = Path(setting).expanduser()
     else:
@@ -57,16 +62,21 @@ def int8_cache_file(path: str) -> Path | None:
     return root / f"{Path(path).name or 'model'}-{digest.hexdigest()[:20]}.safetensors"
 
 
-def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bfloat16") -> int:
+def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bfloat16",
+                          packing: "Packing | None" = None) -> int:
     """Int8 weights from the cache when a valid one exists, else quantize and (try to) cache them.
 
     `dtype`: the activations' dtype, which decides the kernel (`choose_kernel`).
+    `packing`: the cache's fbgemm packing, started earlier by `start_packing` (taken and closed here).
     """
     kernel = choose_kernel(dtype)
     cache = int8_cache_file(path)
+    if packing is not None and (kernel != "fbgemm" or cache is None or not cache.is_file()):
+        packing.close()
+        packing = None
     if cache is not None and cache.is_file():
         try:
-            count = _load_int8_cache(model, cache, kernel)
+            count = _load_int8_cache(model, cache, kernel, packing)
             log(f"int8: weights from {cache}")
             return count
         except Exception as exc:  # a torn or foreign file: quantize again and replace it
@@ -123,43 +133,49 @@ def _save_int8_cache(model, cache: Path) -> None:
     release_freed_memory()
 
 
-def _load_int8_cache(model, cache: Path, kernel: str | None = None) -> int:
+def _load_int8_cache(model, cache: Path, kernel: str | None = None, packing: "Packing | None" = None) -> int:
     """Int8 layers from the cache. For torchao's kernels the int8 rows are mapped (zero copy);
-    fbgemm packs its own copy, so for it they are read with plain reads (not resident twice)."""
+    fbgemm packs its own copy, read with plain reads (not resident twice) in background
+    threads (`Packing`, started here unless the caller started it earlier)."""
     import torch
-    from safetensors import safe_open
 
     kernel = kernel or choose_kernel("bfloat16")
     names = int8_linear_names(model)
-    template = _template()
-    layers = {}
+    linears = {name: model.get_submodule(name) for name in names}
     if kernel == "fbgemm":
-        source = WeightReader(str(cache), files=[cache])
-        metadata, keys, get, close = source.metadata, set(source.entries), source.read, source.close
+        packing = packing if packing is not None else Packing(cache)
+        source, packing = packing, None  # closed below, whatever happens
+        metadata, keys, close = source.metadata, set(source.entries), source.close
     else:
+        from safetensors import safe_open
+
         handle = safe_open(str(cache), "pt")
         metadata, keys, close = handle.metadata() or {}, set(handle.keys()), (lambda: None)
-
-        def get(key):
-            return handle.get_tensor(key) if key in keys else None
     try:
         if metadata.get("format") != f"qwenvl-int8-{INT8_CACHE_FORMAT}":
             raise ValueError("not a qwenvl int8 cache of this format")
-        for name in names:
-            linear = model.get_submodule(name)
-            qdata, scale = get(name + ".qdata"), get(name + ".scale")
-            if (qdata is None or scale is None or qdata.dtype != torch.int8
-                    or tuple(qdata.shape) != (linear.out_features, linear.in_features)
-                    or scale.shape[0] != linear.out_features):
-                raise ValueError(f"{name}: missing, or its shape or dtype differs from the model")
-            keys -= {name + ".qdata", name + ".scale"}
-            scale = scale.to(template.scale.dtype)
-            layers[name] = _int8_linear(linear, _int8_tensor(qdata, scale, linear.weight.dtype, template), kernel)
-            del qdata, scale
+        missing = {n + key for n in names for key in (".qdata", ".scale")} - keys
+        if missing:
+            raise ValueError(f"{sorted(missing)[0]}: missing from the cache")
+        if len(keys) > 2 * len(names):
+            raise ValueError(f"{len(keys) - 2 * len(names)} tensors the model does not have")
+        layers = {}
+        for name, linear in linears.items():
             if kernel == "fbgemm":
-                _trim_heap()
-        if keys:
-            raise ValueError(f"{len(keys)} tensors the model does not have")
+                shape, rows = source.shape(name)
+                qdata = None
+            else:
+                qdata, scale = handle.get_tensor(name + ".qdata"), handle.get_tensor(name + ".scale")
+                shape, rows = (tuple(qdata.shape), scale.shape[0]) if qdata.dtype == torch.int8 else (None, None)
+            if shape != (linear.out_features, linear.in_features) or rows != linear.out_features:
+                raise ValueError(f"{name}: its shape or dtype differs from the model")
+            if kernel == "fbgemm":
+                packed, scale = source.result(name)
+                layers[name] = Int8Linear.from_packed(linear, packed, scale)
+            else:
+                template = _template()
+                scale = scale.to(template.scale.dtype)
+                layers[name] = _int8_linear(linear, _int8_tensor(qdata, scale, linear.weight.dtype, template), kernel)
     finally:
         close()
     for name, layer in layers.items():  # all checked: only now change the model
@@ -167,3 +183,86 @@ def _load_int8_cache(model, cache: Path, kernel: str | None = None) -> int:
     _mark_int8(model)
     release_freed_memory()
     return len(layers)
+
+
+def load_threads() -> int:
+    """Threads that pack fbgemm weights at once: torch's intra-op threads (packing itself uses one)."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), 16))
+
+
+class Packing:
+    """fbgemm's packing of every layer of an int8 cache file, in `load_threads()` background threads.
+
+    fbgemm packs each weight on one thread, about 5 ns per weight (10 s for
+    the 2B model on one core); packing releases the GIL, so it runs beside
+    the loading of the processor and the model (single-threaded Python
+    imports, mostly) and on every thread. Started before the model is built
+    (`start_packing`), its layers are taken by `_load_int8_cache`. Largest
+    layers first. A layer's rows are read with plain reads (page cache, not
+    this process's memory) and freed once packed.
+    """
+
+    def __init__(self, cache: Path):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _int8.fbgemm_kernel()  # its one-time check, before the threads
+        self.reader = WeightReader(str(cache), files=[cache])
+        self.metadata = self.reader.metadata
+        self.entries = self.reader.entries
+        names = [key.removesuffix(".qdata") for key in self.entries if key.endswith(".qdata")]
+        names.sort(key=lambda n: -_numel(self.entries[n + ".qdata"][2]["shape"]))
+        self._pool = ThreadPoolExecutor(max_workers=load_threads(), thread_name_prefix="qwenvl-int8")
+        self._futures = {name: self._pool.submit(self._pack, name) for name in names}
+
+    def shape(self, name: str):
+        """((rows, columns), scale rows) of a layer as the file says, or (None, None) when not int8/float32."""
+        qdata, scale = self.entries[name + ".qdata"][2], self.entries[name + ".scale"][2]
+        if qdata["dtype"] != "I8" or scale["dtype"] != "F32" or len(qdata["shape"]) != 2:
+            return None, None
+        return tuple(qdata["shape"]), scale["shape"][0]
+
+    def _pack(self, name: str):
+        qdata, scale = self.reader.read(name + ".qdata"), self.reader.read(name + ".scale")
+        if qdata is None or scale is None:
+            raise ValueError(f"{name}: cannot be read from the cache")
+        packed = _int8.fbgemm_pack_rows(qdata, scale)
+        del qdata
+        _trim_heap()  # the plain-read rows, now packed: back to the OS
+        return packed, scale
+
+    def result(self, name: str):
+        """(packed blocks, float32 row scales) of a layer; waits for it; raises what packing raised."""
+        return self._futures.pop(name).result()
+
+    def close(self) -> None:
+        """Stop: drops what was not taken, waits for the running packs, closes the file."""
+        for future in self._futures.values():
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._futures.clear()
+        self.reader.close()
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def start_packing(path: str, dtype: str, device: str, quantize: str) -> Packing | None:
+    """Start packing the int8 cache of `path` now (`Packing`) when the load ahead will use fbgemm and
+    a cache exists; None otherwise, or on any trouble (the load then does all of it itself)."""
+    if quantize != "int8" or device != "cpu":
+        return None
+    try:
+        if choose_kernel(dtype) != "fbgemm":
+            return None
+        cache = int8_cache_file(path)
+        if cache is None or not cache.is_file():
+            return None
+        return Packing(cache)
+    except Exception:  # noqa: BLE001 (an optimisation only: the load reports real errors)
+        return None

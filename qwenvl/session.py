@@ -110,7 +110,6 @@ class ModelSession:
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto",
                  log: Callable[[str], None] = lambda s: None, quantize: str = "none"):
         t0 = time.perf_counter()
-        _quiet_libraries()
         self.log = log
         self.model_name = model
         from . import device as devices
@@ -120,16 +119,23 @@ class ModelSession:
         weights = sum(f.stat().st_size for f in Path(self.path).glob("*.safetensors")) or None
         self.dtype, reason = devices.choose_dtype(dtype, self.device, quantize, weights, log)
         self.device_info = devices.device_info(self.device, self.dtype, reason, quantize)
-        from transformers import AutoProcessor
-
-        from .accel import load_model
+        from .accel import load_model, start_packing
 
         self.quantize = quantize
+        # int8 with fbgemm: its weights are packed in background threads while transformers,
+        # the processor and the model load
+        packing = start_packing(self.path, self.dtype, self.device, quantize)
         try:
+            _quiet_libraries()
+            from transformers import AutoProcessor
+
             self.processor = AutoProcessor.from_pretrained(self.path, trust_remote_code=False)
-            self.model = load_model(self.path, self.dtype, self.device, quantize, log)
+            self.model = load_model(self.path, self.dtype, self.device, quantize, log, packing)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"cannot load model {model!r} from {self.path}: {first_line(exc)}") from None
+        finally:
+            if packing is not None:
+                packing.close()
         self.processor.tokenizer.padding_side = "left"
         self.tokenizer = self.processor.tokenizer
         self.eos_ids = self._eos_ids()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from pathlib import Path
 
 # safetensors dtype names of the tensors WeightReader reads
@@ -19,11 +20,14 @@ class WeightReader:
 
     Reading with read() leaves the bytes in the page cache, not in this
     process's resident set: quantizing from it keeps peak memory low.
+    `read` may be called from several threads (each has its own file handles).
     """
 
     def __init__(self, path: str, files: list[Path] | None = None):
         self.entries: dict[str, tuple[Path, int, dict]] = {}
-        self.files: dict[Path, object] = {}
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
         self.metadata: dict = {}
         root = Path(path)
         if files is None:
@@ -55,9 +59,14 @@ class WeightReader:
         view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
         if view.nbytes != end - start:
             return None
-        f = self.files.get(file)
+        files = getattr(self._local, "files", None)
+        if files is None:
+            files = self._local.files = {}
+        f = files.get(file)
         if f is None:
-            f = self.files[file] = open(file, "rb", buffering=0)
+            f = files[file] = open(file, "rb", buffering=0)
+            with self._lock:
+                self._opened.append(f)
         f.seek(base + start)
         done = 0
         while done < view.nbytes:
@@ -68,9 +77,11 @@ class WeightReader:
         return out
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
+        with self._lock:
+            for f in self._opened:
+                f.close()
+            self._opened.clear()
+        self._local = threading.local()
 
 
 _WeightReader = WeightReader  # the name tests and older callers use
