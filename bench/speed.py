@@ -42,7 +42,9 @@ for --dtype float32, auto and bfloat16, and --quantize int8 twice (the first
 run quantizes and writes the int8 cache, the second reads it): process wall
 time, the record's load and generate times, prefill (first forward) and decode
 tokens/s (later forwards; timed by wrapping the model's forward, nothing else
-changed), peak RSS, and the "dtype auto" line. `--baseline-root DIR` adds the
+changed), peak RSS (VmHWM), and the "dtype auto" line. Before each request the
+weights files are read once, untimed, so that every path starts with them in
+the page cache (float32's 13 GB would otherwise push them out for the next). `--baseline-root DIR` adds the
 int8 path of another checkout (e.g. the previous commit) run the same way.
 To see an AVX2-only CPU on a newer one, run it under
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
@@ -78,12 +80,36 @@ TARGETS = {
 }
 
 
-def read_file_once(path: Path) -> float:
-    """Seconds to read the weights file once (the second of two reads: warm page cache)."""
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set (GB): VmHWM, which starts afresh at exec.
+
+    (ru_maxrss does not on Linux: a child inherits its parent's peak at fork,
+    so a parent that once held a big checkpoint would raise every request's.)
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def warm_page_cache(*folders: Path) -> None:
+    """Read every safetensors file of `folders` once (untimed), so that each request starts
+    with the weights in the page cache whatever ran before it (float32 fills 13 GB)."""
+    for folder in folders:
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            read_file_once(file, times=1)
+
+def read_file_once(path: Path, times: int = 2) -> float:
+    """Seconds to read the weights file once (the last of `times` reads: warm page cache)."""
     buf = bytearray(1 << 24)
     view = memoryview(buf)
     best = None
-    for _ in range(2):
+    for _ in range(times):
         t0 = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
             while f.readinto(view):
@@ -182,7 +208,7 @@ def worker(spec: dict) -> dict:
     t_touch = time.perf_counter()
     touched = touch_weights(model)
     touch_s = time.perf_counter() - t_touch
-    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    rss_after_load = peak_rss_gb()
 
     image = Image.open(IMAGE).convert("RGB")
     conv = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": PROMPT}]}]]
@@ -206,7 +232,7 @@ def worker(spec: dict) -> dict:
     # the timed requests first: the peak RSS is that of loading and serving them,
     # not of the agreement bookkeeping below (64 steps of full logits)
     timed = [run(spec["tokens"] + 1) for _ in range(spec["runs"])]
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak_rss = peak_rss_gb()
     ref = torch.load(spec["reference"]) if spec.get("reference") else None
     rec = run(spec["agree_steps"], force=ref["tokens"] if ref is not None else None, keep=True)
     logits = torch.stack(rec.logits)
@@ -318,7 +344,7 @@ def request_worker(spec: dict) -> dict:
         "decode_tok_s": decode,
         "prompt_tokens": record["usage"]["prompt_tokens"],
         "completion_tokens": record["usage"]["completion_tokens"],
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": peak_rss_gb(),
         # CPU seconds of the process (all threads): less sensitive than wall time to other processes
         "cpu_s": sum(getattr(resource.getrusage(resource.RUSAGE_SELF), k) for k in ("ru_utime", "ru_stime")),
         "notes": [line for line in err.getvalue().splitlines()
@@ -344,6 +370,7 @@ def run_requests(args, checkpoint: Path, cpu: dict) -> dict:
                 subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 warmed.add(root)
+            warm_page_cache(checkpoint, Path(env["QWENVL_INT8_CACHE"]))
             extra = REQUEST_PATHS[name.removeprefix("baseline-")]
             spec = {"root": root, "argv": REQUEST + ["--model", str(checkpoint)] + extra}
             print(f"request {name} ...", file=sys.stderr, flush=True)

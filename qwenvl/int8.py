@@ -157,11 +157,15 @@ def _fbgemm_pack(qdata, scale):
         return torch.ops.quantized.linear_prepack(q, None)
 
 
+def fbgemm_block_rows(rows: int) -> int:
+    """Rows per packed block of a layer of `rows` rows: all of them, or FBGEMM_PACK_ROWS for many."""
+    return FBGEMM_PACK_ROWS if rows > 2 * FBGEMM_PACK_ROWS else max(rows, 1)
+
+
 def fbgemm_pack_rows(qdata, scale) -> list:
     """fbgemm's packed form of a layer: one block, or blocks of FBGEMM_PACK_ROWS rows for many rows."""
-    out = qdata.shape[0]
-    rows = FBGEMM_PACK_ROWS if out > 2 * FBGEMM_PACK_ROWS else out
-    return [_fbgemm_pack(qdata[i:i + rows], scale[i:i + rows]) for i in range(0, out, rows)]
+    rows = fbgemm_block_rows(qdata.shape[0])
+    return [_fbgemm_pack(qdata[i:i + rows], scale[i:i + rows]) for i in range(0, qdata.shape[0], rows)]
 
 
 _TEMPLATE: list = []

@@ -224,11 +224,16 @@ class Packing:
         return tuple(qdata["shape"]), scale["shape"][0]
 
     def _pack(self, name: str):
-        qdata, scale = self.reader.read(name + ".qdata"), self.reader.read(name + ".scale")
-        if qdata is None or scale is None:
-            raise ValueError(f"{name}: cannot be read from the cache")
-        packed = _int8.fbgemm_pack_rows(qdata, scale)
-        del qdata
+        scale = self.reader.read(name + ".scale")
+        rows = self.entries[name + ".qdata"][2]["shape"][0]
+        block = _int8.fbgemm_block_rows(rows)
+        packed = []
+        for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
+            qdata = self.reader.read(name + ".qdata", (start, start + block))
+            if qdata is None or scale is None:
+                raise ValueError(f"{name}: cannot be read from the cache")
+            packed += _int8.fbgemm_pack_rows(qdata, scale[start:start + block])
+            del qdata
         _trim_heap()  # the plain-read rows, now packed: back to the OS
         return packed, scale
 

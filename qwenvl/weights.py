@@ -45,7 +45,8 @@ class WeightReader:
             for key, info in header.items():
                 self.entries[key] = (file, base, info)
 
-    def read(self, key: str | None):
+    def read(self, key: str | None, rows: tuple[int, int] | None = None):
+        """The tensor `key` (None when absent or of another dtype); `rows`: only rows [start, stop)."""
         import torch
 
         if not key or key not in self.entries:
@@ -55,7 +56,12 @@ class WeightReader:
         if dtype is None:
             return None
         start, end = info["data_offsets"]
-        out = torch.empty(info["shape"], dtype=getattr(torch, dtype))
+        shape = list(info["shape"])
+        if rows is not None:
+            row_bytes = (end - start) // max(shape[0], 1)
+            first, stop = max(0, rows[0]), min(shape[0], rows[1])
+            start, end, shape[0] = start + first * row_bytes, start + stop * row_bytes, stop - first
+        out = torch.empty(shape, dtype=getattr(torch, dtype))
         view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
         if view.nbytes != end - start:
             return None

@@ -176,6 +176,9 @@ def test_weight_reader_reads_what_safetensors_reads(tiny_model):
         assert set(reader.entries) == set(expected)
         for key, tensor in expected.items():
             assert torch.equal(reader.read(key), tensor), key
+            if tensor.dim() == 2 and tensor.shape[0] > 3:  # a block of rows (the int8 cache's lm_head)
+                assert torch.equal(reader.read(key, (1, 3)), tensor[1:3]), key
+                assert torch.equal(reader.read(key, (2, 10**9)), tensor[2:]), key
         assert reader.read("no.such.weight") is None
     finally:
         reader.close()
@@ -456,3 +459,19 @@ def test_fbgemm_layers_of_many_rows_are_packed_in_blocks_with_the_same_result(mo
     with torch.inference_mode():
         assert torch.equal(split(x), whole(x))
     assert torch.equal(split.int8_data()[0], qdata) and torch.equal(whole.int8_data()[0], qdata)
+
+
+def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(tiny_model, tmp_path, monkeypatch):
+    """The lm_head is read and packed a block of rows at a time; the model computes the same logits."""
+    from qwenvl import int8
+    from qwenvl.accel import load_model
+
+    _fbgemm_or_skip()
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path))
+    fresh = load_model(tiny_model, "float32", "cpu", "int8")  # quantizes, writes the cache
+    rows = fresh.lm_head.out_features
+    assert len(fresh.lm_head._packed) == 1 and rows > 3 * 16
+    monkeypatch.setattr(int8, "FBGEMM_PACK_ROWS", 16)
+    cached = load_model(tiny_model, "float32", "cpu", "int8")
+    assert len(cached.lm_head._packed) == -(-rows // 16)
+    assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
