@@ -4,6 +4,9 @@
     .venv/bin/python bench/speed.py                      # full-size random checkpoint, ~10 min on 2 cores
     .venv/bin/python bench/speed.py --tokens 16          # shorter decode runs
     .venv/bin/python bench/speed.py --checkpoint DIR     # another checkpoint (e.g. the real one)
+    .venv/bin/python bench/speed.py --dtype float32 --variants stock,int8,int8-cached
+                                   # int8 with float32 activations (fbgemm, CPUs without native bf16)
+                                   # against unquantized float32
 
 Uses the full-size random-weight Qwen3-VL-2B checkpoint of bench/benchmark.py
 (~/.cache/qwenvl-bench/qwen3-vl-2b-random, built there once if missing) and
@@ -195,13 +198,13 @@ def worker(spec: dict) -> dict:
     if variant == "stock":
         processor = AutoProcessor.from_pretrained(checkpoint)
         model = AutoModelForImageTextToText.from_pretrained(
-            checkpoint, dtype=torch.bfloat16, use_safetensors=True
+            checkpoint, dtype=getattr(torch, spec.get("dtype", "bfloat16")), use_safetensors=True
         ).eval()
         load_s = time.perf_counter() - t0
         session = ModelSession.__new__(ModelSession)  # only for prepare()
         session.processor, session.model = processor, model
     else:
-        session = ModelSession(checkpoint, device="cpu", dtype="bfloat16",
+        session = ModelSession(checkpoint, device="cpu", dtype=spec.get("dtype", "bfloat16"),
                                quantize="int8" if variant.startswith("int8") else "none")
         load_s = session.load_s
         model = session.model
@@ -463,6 +466,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=32, help="decode tokens per timed run")
     ap.add_argument("--runs", type=int, default=3, help="timed generate runs per variant (best is kept)")
     ap.add_argument("--agree-steps", type=int, default=64)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="without --requests: every variant's dtype, the reference's too (float32: int8 on "
+                         "fbgemm, as on CPUs without native bf16, against unquantized float32)")
     ap.add_argument("--out", type=Path, default=RESULTS / "speed-cpu.json")
     ap.add_argument("--requests", action="store_true", help="time whole CLI requests instead (see above)")
     ap.add_argument("--paths", default=",".join(REQUEST_PATHS), help="with --requests: which paths")
@@ -504,7 +510,7 @@ def main(argv=None) -> int:
         os.environ["QWENVL_INT8_CACHE"] = str(Path(tmp) / "int8-cache")
         for variant in args.variants.split(","):
             spec = {"variant": variant, "checkpoint": str(checkpoint), "tokens": args.tokens,
-                    "runs": args.runs, "agree_steps": args.agree_steps}
+                    "runs": args.runs, "agree_steps": args.agree_steps, "dtype": args.dtype}
             if variant == "stock":
                 spec["save_reference"] = ref_path
             elif os.path.exists(ref_path):
@@ -526,6 +532,7 @@ def main(argv=None) -> int:
         "command": "python bench/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "checkpoint": str(checkpoint),
         "cpu": cpu,
+        "dtype": args.dtype,
         "image": str(IMAGE.relative_to(ROOT)),
         "prompt": PROMPT,
         "prompt_tokens": next((r["prompt_tokens"] for r in results.values()), None),

@@ -23,8 +23,10 @@ Kernels, per kind of CPU (bench/kernels.py measures them; docs/performance.md):
     back), which makes fbgemm's per-tensor activation scale a per-token one;
     without AVX-512 VNNI activations use 7 bits (`reduce_range`), as fbgemm
     requires there to avoid saturating 16-bit sums. Decode runs on one thread
-    (see `Int8Linear._fbgemm`). fbgemm packs its weights at every load (12-17 s
-    for the 2B model): one packed copy serves prefill and decode.
+    (see `Int8Linear._fbgemm`). fbgemm packs its weights at every load (about
+    10 s of CPU time for the 2B model, in background threads from the start
+    of the session: qwenvl/int8_cache.py): one packed copy serves prefill and
+    decode.
   * no fbgemm (ARM64): the torchao kernels of the first case.
 """
 from __future__ import annotations
@@ -132,7 +134,7 @@ def choose_kernel(dtype: str) -> str:
     With bfloat16 activations (CPUs with native bf16) `_weight_int8pack_mm` and
     `torch._int_mm` are as fast as fbgemm (decode 7.8 tok/s both; prefill 9.3 s
     against 10.3 s) and their int8 rows can be mapped from the cache, where
-    fbgemm must pack them at every load (about 12-17 s for the 2B model).
+    fbgemm must pack them at every load (about 10 s of CPU time for the 2B model).
     """
     return "fbgemm" if dtype == "float32" and fbgemm_kernel() is not None else "torchao"
 
@@ -375,6 +377,31 @@ def _mark_int8(model) -> None:
     model.qwenvl_quantize = "int8"
 
 
+def trim_between_layers(model) -> None:
+    """Give freed heap back to the OS after each vision block and each prefill decoder layer.
+
+    glibc keeps the activations a layer frees (tens of MB at 500-2000 tokens)
+    for reuse, and their holes add up: without this the int8 path's peak was
+    0.1-0.3 GB higher (3.4-3.6 GB on the 2B model, bench/speed.py). malloc_trim
+    takes about a millisecond; decode steps (few rows) skip it.
+    """
+    inner = getattr(model, "model", None)
+    visual = getattr(inner, "visual", None)
+
+    def after_block(mod, args, out):
+        _trim_heap()
+
+    def after_layer(mod, args, out):
+        hidden = args[0] if args else None
+        if hidden is not None and hidden.dim() == 3 and hidden.shape[1] > INT8_DECODE_MAX_ROWS:
+            _trim_heap()
+
+    for block in getattr(visual, "blocks", []):
+        block.register_forward_hook(after_block)
+    for layer in getattr(getattr(inner, "language_model", None), "layers", []):
+        layer.register_forward_hook(after_layer)
+
+
 def compute_in_float32(model) -> None:
     """Float32 activations around the int8 layers (CPUs without native bf16), in little memory.
 
@@ -405,13 +432,25 @@ def compute_in_float32(model) -> None:
 
 
 class Bf16StoredLinear(_Module if _Module is object else _torch.nn.Linear):
-    """A Linear whose weight stays bfloat16 in memory and is multiplied in the input's dtype."""
+    """A Linear whose weight stays bfloat16 in memory and is multiplied in the input's dtype,
+    BF16_STORED_ROWS output rows at a time (a float32 copy of a whole merger weight is 67 MB)."""
 
     def forward(self, x):
         import torch
 
+        rows = self.weight.shape[0]
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+        if x.dtype == self.weight.dtype or rows <= BF16_STORED_ROWS:
+            return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+        out = torch.empty(*x.shape[:-1], rows, dtype=x.dtype)
+        for i in range(0, rows, BF16_STORED_ROWS):
+            block = slice(i, i + BF16_STORED_ROWS)
+            out[..., block] = torch.nn.functional.linear(
+                x, self.weight[block].to(x.dtype), None if bias is None else bias[block])
+        return out
+
+
+BF16_STORED_ROWS = 1024
 
 
 # Rows quantized at once: torchao works in float32, so a whole lm_head (151936
