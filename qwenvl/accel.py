@@ -14,7 +14,7 @@ bit-identical to stock transformers and decode differs only by rounding.
 `--quantize int8` (CPU only, qwenvl/int8.py, its cache in qwenvl/int8_cache.py): loads bfloat16 (mapped), swaps
 the linear layers for int8 ones (from the int8 cache, or quantized from the
 file), then, when the dtype asked for is float32 (CPUs without native bf16),
-makes the rest float32 (`compute_in_float32`).
+makes the rest float32 (`compute_in_float32`, qwenvl/int8_float32.py).
 """
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ from .int8 import (  # noqa: F401 (the int8 names callers and tests use)
     Int8Linear,
     _quantize_rows,
     check_int8_possible,
-    compute_in_float32,
     int8_linear_names,
     quantize_int8,
-    trim_between_layers,
 )
+from .int8_float32 import compute_in_float32, trim_between_layers  # noqa: F401
 from .int8_cache import int8_cache_file, load_or_quantize_int8, start_packing  # noqa: F401
 from .weights import WeightReader, _WeightReader  # noqa: F401
 
@@ -69,7 +68,7 @@ def _load_model(path, dtype, device, quantize, log, packing):
         load_or_quantize_int8(model, path, log, dtype, packing)
         trim_between_layers(model)
         if dtype == "float32":
-            compute_in_float32(model)
+            compute_in_float32(model, path)
     if device == "cpu":
         use_cpu_decode_attention(model)
     return model

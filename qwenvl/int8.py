@@ -7,7 +7,8 @@ torchao's Int8DynamicActivationInt8WeightConfig). The patch mergers, the
 embeddings, norms, convolution and position table keep the load dtype. Each
 weight is read from the safetensors file with plain reads and quantized at
 once, so the float copy is never resident. The int8 weight cache is in
-qwenvl/int8_cache.py.
+qwenvl/int8_cache.py; the float32 layers around the int8 ones on CPUs without
+native bf16 in qwenvl/int8_float32.py.
 
 Kernels, per kind of CPU (bench/kernels.py measures them; docs/performance.md):
   * bfloat16 activations (CPUs with native bf16, where --dtype auto is
@@ -375,82 +376,6 @@ def _mark_int8(model) -> None:
         if text_config is not None:
             text_config.tie_word_embeddings = False
     model.qwenvl_quantize = "int8"
-
-
-def trim_between_layers(model) -> None:
-    """Give freed heap back to the OS after each vision block and each prefill decoder layer.
-
-    glibc keeps the activations a layer frees (tens of MB at 500-2000 tokens)
-    for reuse, and their holes add up: without this the int8 path's peak was
-    0.1-0.3 GB higher (3.4-3.6 GB on the 2B model, bench/speed.py). malloc_trim
-    takes about a millisecond; decode steps (few rows) skip it.
-    """
-    inner = getattr(model, "model", None)
-    visual = getattr(inner, "visual", None)
-
-    def after_block(mod, args, out):
-        _trim_heap()
-
-    def after_layer(mod, args, out):
-        hidden = args[0] if args else None
-        if hidden is not None and hidden.dim() == 3 and hidden.shape[1] > INT8_DECODE_MAX_ROWS:
-            _trim_heap()
-
-    for block in getattr(visual, "blocks", []):
-        block.register_forward_hook(after_block)
-    for layer in getattr(getattr(inner, "language_model", None), "layers", []):
-        layer.register_forward_hook(after_layer)
-
-
-def compute_in_float32(model) -> None:
-    """Float32 activations around the int8 layers (CPUs without native bf16), in little memory.
-
-    The norms, convolution and small tables become float32; the input
-    embedding table stays bfloat16 (0.6 GB instead of 1.2) and its output is
-    made float32.
-    """
-    import torch
-
-    emb = model.get_input_embeddings()
-    keep = {id(p) for p in emb.parameters()}
-    for module in model.modules():
-        if type(module) is torch.nn.Linear and module.weight.dtype == torch.bfloat16:
-            # the patch mergers: bf16 weights (mapped, 0.2 GB), float32 products (0.4 GB as float32)
-            module.__class__ = Bf16StoredLinear
-            keep.add(id(module.weight))
-        for key, p in list(module._parameters.items()):
-            if p is not None and p.is_floating_point() and p.dtype != torch.float32 and id(p) not in keep:
-                module._parameters[key] = torch.nn.Parameter(p.detach().float(), requires_grad=False)
-        for key, b in list(module._buffers.items()):
-            if b is not None and b.is_floating_point() and b.dtype != torch.float32:
-                module._buffers[key] = b.float()
-        if isinstance(module, Int8Linear):
-            module.weight_dtype = torch.float32
-    emb.register_forward_hook(lambda mod, args, out: out.float())
-    model.config.dtype = torch.float32
-    release_freed_memory()
-
-
-class Bf16StoredLinear(_Module if _Module is object else _torch.nn.Linear):
-    """A Linear whose weight stays bfloat16 in memory and is multiplied in the input's dtype,
-    BF16_STORED_ROWS output rows at a time (a float32 copy of a whole merger weight is 67 MB)."""
-
-    def forward(self, x):
-        import torch
-
-        rows = self.weight.shape[0]
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if x.dtype == self.weight.dtype or rows <= BF16_STORED_ROWS:
-            return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
-        out = torch.empty(*x.shape[:-1], rows, dtype=x.dtype)
-        for i in range(0, rows, BF16_STORED_ROWS):
-            block = slice(i, i + BF16_STORED_ROWS)
-            out[..., block] = torch.nn.functional.linear(
-                x, self.weight[block].to(x.dtype), None if bias is None else bias[block])
-        return out
-
-
-BF16_STORED_ROWS = 1024
 
 
 # Rows quantized at once: torchao works in float32, so a whole lm_head (151936

@@ -137,52 +137,60 @@ def _load_int8_cache(model, cache: Path, kernel: str | None = None, packing: "Pa
     """Int8 layers from the cache. For torchao's kernels the int8 rows are mapped (zero copy);
     fbgemm packs its own copy, read with plain reads (not resident twice) in background
     threads (`Packing`, started here unless the caller started it earlier)."""
-    import torch
-
     kernel = kernel or choose_kernel("bfloat16")
-    names = int8_linear_names(model)
-    linears = {name: model.get_submodule(name) for name in names}
-    if kernel == "fbgemm":
-        packing = packing if packing is not None else Packing(cache)
-        source, packing = packing, None  # closed below, whatever happens
-        metadata, keys, close = source.metadata, set(source.entries), source.close
-    else:
-        from safetensors import safe_open
-
-        handle = safe_open(str(cache), "pt")
-        metadata, keys, close = handle.metadata() or {}, set(handle.keys()), (lambda: None)
+    linears = {name: model.get_submodule(name) for name in int8_linear_names(model)}
+    source = (packing or Packing(cache)) if kernel == "fbgemm" else _MappedCache(cache)
     try:
-        if metadata.get("format") != f"qwenvl-int8-{INT8_CACHE_FORMAT}":
+        if source.metadata.get("format") != f"qwenvl-int8-{INT8_CACHE_FORMAT}":
             raise ValueError("not a qwenvl int8 cache of this format")
-        missing = {n + key for n in names for key in (".qdata", ".scale")} - keys
+        keys = set(source.entries)
+        missing = {name + key for name in linears for key in (".qdata", ".scale")} - keys
         if missing:
             raise ValueError(f"{sorted(missing)[0]}: missing from the cache")
-        if len(keys) > 2 * len(names):
-            raise ValueError(f"{len(keys) - 2 * len(names)} tensors the model does not have")
-        layers = {}
+        if len(keys) > 2 * len(linears):
+            raise ValueError(f"{len(keys) - 2 * len(linears)} tensors the model does not have")
         for name, linear in linears.items():
-            if kernel == "fbgemm":
-                shape, rows = source.shape(name)
-                qdata = None
-            else:
-                qdata, scale = handle.get_tensor(name + ".qdata"), handle.get_tensor(name + ".scale")
-                shape, rows = (tuple(qdata.shape), scale.shape[0]) if qdata.dtype == torch.int8 else (None, None)
-            if shape != (linear.out_features, linear.in_features) or rows != linear.out_features:
+            if source.shape(name) != ((linear.out_features, linear.in_features), linear.out_features):
                 raise ValueError(f"{name}: its shape or dtype differs from the model")
-            if kernel == "fbgemm":
-                packed, scale = source.result(name)
-                layers[name] = Int8Linear.from_packed(linear, packed, scale)
-            else:
-                template = _template()
-                scale = scale.to(template.scale.dtype)
-                layers[name] = _int8_linear(linear, _int8_tensor(qdata, scale, linear.weight.dtype, template), kernel)
+        layers = {name: source.layer(name, linear, kernel) for name, linear in linears.items()}
     finally:
-        close()
+        source.close()
     for name, layer in layers.items():  # all checked: only now change the model
         model.set_submodule(name, layer)
     _mark_int8(model)
     release_freed_memory()
     return len(layers)
+
+
+def _layer_shape(entries: dict, name: str):
+    """((rows, columns), scale rows) of a cached layer as its header says; (None, None) when not int8/float32."""
+    qdata, scale = entries[name + ".qdata"][2], entries[name + ".scale"][2]
+    if qdata["dtype"] != "I8" or scale["dtype"] != "F32" or len(qdata["shape"]) != 2:
+        return None, None
+    return tuple(qdata["shape"]), scale["shape"][0]
+
+
+class _MappedCache:
+    """The cache for torchao's kernels: int8 rows mapped from the file (zero copy)."""
+
+    def __init__(self, cache: Path):
+        from safetensors import safe_open
+
+        self.handle = safe_open(str(cache), "pt")
+        self.metadata = self.handle.metadata() or {}
+        self.entries = WeightReader(str(cache), files=[cache]).entries  # the header only
+
+    def shape(self, name: str):
+        return _layer_shape(self.entries, name)
+
+    def layer(self, name: str, linear, kernel: str):
+        template = _template()
+        qdata = self.handle.get_tensor(name + ".qdata")
+        scale = self.handle.get_tensor(name + ".scale").to(template.scale.dtype)
+        return _int8_linear(linear, _int8_tensor(qdata, scale, linear.weight.dtype, template), kernel)
+
+    def close(self) -> None:
+        self.handle = None
 
 
 def load_threads() -> int:
@@ -217,11 +225,12 @@ class Packing:
         self._futures = {name: self._pool.submit(self._pack, name) for name in names}
 
     def shape(self, name: str):
-        """((rows, columns), scale rows) of a layer as the file says, or (None, None) when not int8/float32."""
-        qdata, scale = self.entries[name + ".qdata"][2], self.entries[name + ".scale"][2]
-        if qdata["dtype"] != "I8" or scale["dtype"] != "F32" or len(qdata["shape"]) != 2:
-            return None, None
-        return tuple(qdata["shape"]), scale["shape"][0]
+        return _layer_shape(self.entries, name)
+
+    def layer(self, name: str, linear, kernel: str = "fbgemm"):
+        """The packed Int8Linear of `name` (waits for its packing; raises what packing raised)."""
+        packed, scale = self._futures.pop(name).result()
+        return Int8Linear.from_packed(linear, packed, scale)
 
     def _pack(self, name: str):
         scale = self.reader.read(name + ".scale")
@@ -236,10 +245,6 @@ class Packing:
             del qdata
         _trim_heap()  # the plain-read rows, now packed: back to the OS
         return packed, scale
-
-    def result(self, name: str):
-        """(packed blocks, float32 row scales) of a layer; waits for it; raises what packing raised."""
-        return self._futures.pop(name).result()
 
     def close(self) -> None:
         """Stop: drops what was not taken, waits for the running packs, closes the file."""

@@ -72,7 +72,8 @@ def test_int8_replaces_the_language_model_and_vision_linears(tiny_model):
 def test_int8_with_float32_activations_keeps_a_bf16_embedding_table(tiny_model):
     """--dtype float32 --quantize int8 (CPUs without native bf16): float32 around int8 layers, logits close."""
     from qwenvl.accel import Int8Linear, load_model
-    from qwenvl.int8 import Bf16StoredLinear, fbgemm_kernel
+    from qwenvl.int8 import fbgemm_kernel
+    from qwenvl.int8_float32 import Bf16StoredLinear
 
     inputs = _inputs(tiny_model)
     model = load_model(tiny_model, "float32", "cpu", "int8")
@@ -479,12 +480,12 @@ def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(t
 
 def test_int8_returns_freed_heap_after_prefill_layers_not_decode_steps(tiny_model, monkeypatch):
     """malloc_trim after each vision block and each prefill decoder layer (the int8 peak), never while decoding."""
-    from qwenvl import int8
+    from qwenvl import int8, int8_float32
     from qwenvl.accel import load_model
 
     model = load_model(tiny_model, "float32", "cpu", "int8")
     calls = []
-    monkeypatch.setattr(int8, "_trim_heap", lambda: calls.append(1))
+    monkeypatch.setattr(int8_float32, "_trim_heap", lambda: calls.append(1))
     inputs = _inputs(tiny_model)
     assert inputs["input_ids"].shape[1] > int8.INT8_DECODE_MAX_ROWS
     with torch.inference_mode():
@@ -496,15 +497,50 @@ def test_int8_returns_freed_heap_after_prefill_layers_not_decode_steps(tiny_mode
 
 def test_bf16_stored_linear_in_row_blocks_computes_the_whole_product(monkeypatch):
     """The patch mergers' bf16 weights are multiplied in float32 a block of rows at a time."""
-    from qwenvl import int8
+    from qwenvl import int8_float32
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 100).to(torch.bfloat16)
     x = torch.randn(2, 7, 32)
     ref = torch.nn.functional.linear(x, linear.weight.float(), linear.bias.float())
-    linear.__class__ = int8.Bf16StoredLinear
-    monkeypatch.setattr(int8, "BF16_STORED_ROWS", 16)  # 7 blocks: 6 x 16 + 4
+    linear.__class__ = int8_float32.Bf16StoredLinear
+    monkeypatch.setattr(int8_float32, "BF16_STORED_ROWS", 16)  # 7 blocks: 6 x 16 + 4
     y = linear(x)
     assert y.dtype == torch.float32 and y.shape == (2, 7, 100)
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
     assert linear.weight.dtype == torch.bfloat16
+
+
+def _bf16_copy(tiny_model, folder):
+    """The tiny checkpoint with its weights stored in bfloat16, as the real Qwen3-VL-2B's are."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model, folder)
+    (file,) = Path(folder).glob("*.safetensors")
+    tensors = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(file).items()}
+    save_file(tensors, file, metadata={"format": "pt"})
+    return str(folder)
+
+
+def test_a_bf16_checkpoints_mergers_are_read_from_the_file_with_the_same_logits(tiny_model, tmp_path, monkeypatch):
+    """float32 + int8: the bf16 patch mergers are read from the file at each call (never resident), same logits."""
+    from qwenvl import accel
+    from qwenvl.int8_float32 import Bf16StoredLinear, FileBf16Linear
+
+    copy = _bf16_copy(tiny_model, tmp_path / "bf16")
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache"))
+    inputs = _inputs(copy)
+    model = accel.load_model(copy, "float32", "cpu", "int8")
+    from_file = [n for n, m in model.named_modules() if isinstance(m, FileBf16Linear)]
+    assert from_file and all("merger" in n for n in from_file)
+    assert not any(isinstance(m, Bf16StoredLinear) for m in model.modules())
+    got = _logits(model, inputs)
+
+    real = accel.compute_in_float32
+    monkeypatch.setattr(accel, "compute_in_float32", lambda m, path=None: real(m))  # no file: kept mapped
+    mapped = accel.load_model(copy, "float32", "cpu", "int8")
+    assert any(isinstance(m, Bf16StoredLinear) for m in mapped.modules())
+    assert torch.equal(got, _logits(mapped, inputs))
