@@ -589,7 +589,7 @@ def print_table(report: dict) -> None:
     print(cpu_line(report["cpu"]))
     print(f"\nprompt: {report.get('image')} + {report.get('prompt')!r} = {report.get('prompt_tokens')} tokens")
     print(f"weights file {report['weights_gb']:.2f} GB read once from a warm page cache: {report['read_weights_s']:.2f} s")
-    head = f"{'path':11} {'load s':>7} {'load/read':>9} {'ready s':>7} {'prefill s':>9} {'decode tok/s':>12} {'peak RSS GB':>11}  agreement with stock bf16"
+    head = f"{'path':11} {'load s':>7} {'load/read':>9} {'ready s':>7} {'prefill s':>9} {'decode tok/s':>12} {'peak RSS GB':>11}  agreement with stock {report.get('dtype', 'bfloat16')}"
     print(head)
     print("-" * len(head))
     for name, r in res.items():

@@ -27,7 +27,7 @@ from .int8 import (  # noqa: F401 (the int8 names callers and tests use)
     int8_linear_names,
     quantize_int8,
 )
-from .int8_float32 import compute_in_float32, trim_between_layers  # noqa: F401
+from .int8_float32 import compute_in_float32  # noqa: F401
 from .int8_cache import int8_cache_file, load_or_quantize_int8, start_packing  # noqa: F401
 from .weights import WeightReader, _WeightReader  # noqa: F401
 
@@ -66,7 +66,6 @@ def _load_model(path, dtype, device, quantize, log, packing):
     ).eval()
     if quantize == "int8":
         load_or_quantize_int8(model, path, log, dtype, packing)
-        trim_between_layers(model)
         if dtype == "float32":
             compute_in_float32(model, path)
     if device == "cpu":

@@ -4,12 +4,11 @@
 float32, `compute_in_float32` makes the rest float32 in little memory: the
 norms, convolution and small tables become float32, the embedding table stays
 bf16, and the linears left in bf16 (the patch mergers) are multiplied in
-float32 a block of rows at a time. `trim_between_layers` keeps the int8
-path's peak memory down on any CPU (qwenvl/accel.py calls both).
+float32 a block of rows at a time (qwenvl/accel.py calls it).
 """
 from __future__ import annotations
 
-from .int8 import INT8_DECODE_MAX_ROWS, Int8Linear, _trim_heap, release_freed_memory
+from .int8 import Int8Linear, release_freed_memory
 
 try:
     import torch as _torch
@@ -17,31 +16,6 @@ try:
     _Module = _torch.nn.Module
 except ImportError:  # torch is imported lazily elsewhere
     _Module = object
-
-
-def trim_between_layers(model) -> None:
-    """Give freed heap back to the OS after each vision block and each prefill decoder layer.
-
-    glibc keeps the activations a layer frees (tens of MB at 500-2000 tokens)
-    for reuse, and their holes add up: without this the int8 path's peak was
-    0.1-0.3 GB higher (3.4-3.6 GB on the 2B model, bench/speed.py). malloc_trim
-    takes about a millisecond; decode steps (few rows) skip it.
-    """
-    inner = getattr(model, "model", None)
-    visual = getattr(inner, "visual", None)
-
-    def after_block(mod, args, out):
-        _trim_heap()
-
-    def after_layer(mod, args, out):
-        hidden = args[0] if args else None
-        if hidden is not None and hidden.dim() == 3 and hidden.shape[1] > INT8_DECODE_MAX_ROWS:
-            _trim_heap()
-
-    for block in getattr(visual, "blocks", []):
-        block.register_forward_hook(after_block)
-    for layer in getattr(getattr(inner, "language_model", None), "layers", []):
-        layer.register_forward_hook(after_layer)
 
 
 def compute_in_float32(model, path: str | None = None) -> None:
@@ -96,7 +70,7 @@ class FileBf16Linear(_Module):
 
     For the patch mergers on CPUs without native bf16: kept mapped, their 0.2 GB
     became resident with the first image, most of the int8 path's margin under
-    3.5 GB; reading them costs about 0.05 s per image.
+    3.5 GB; reading them costs one read of 0.2 GB from the page cache per image.
     """
 
     def __init__(self, linear, reader, key: str):
@@ -129,7 +103,7 @@ class FileBf16Linear(_Module):
 
 class Bf16StoredLinear(_Module if _Module is object else _torch.nn.Linear):
     """A Linear whose weight stays bfloat16 in memory and is multiplied in the input's dtype,
-    BF16_STORED_ROWS output rows at a time (a float32 copy of a whole merger weight is 67 MB)."""
+    BF16_STORED_ROWS output rows at a time."""
 
     def forward(self, x):
         import torch
@@ -146,4 +120,4 @@ class Bf16StoredLinear(_Module if _Module is object else _torch.nn.Linear):
         return out
 
 
-BF16_STORED_ROWS = 1024
+BF16_STORED_ROWS = 4096  # a whole Qwen3-VL-2B merger weight (blocks of 1024 made the vision tower 0.7 s slower)

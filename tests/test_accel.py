@@ -478,23 +478,6 @@ def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(t
     assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
 
 
-def test_int8_returns_freed_heap_after_prefill_layers_not_decode_steps(tiny_model, monkeypatch):
-    """malloc_trim after each vision block and each prefill decoder layer (the int8 peak), never while decoding."""
-    from qwenvl import int8, int8_float32
-    from qwenvl.accel import load_model
-
-    model = load_model(tiny_model, "float32", "cpu", "int8")
-    calls = []
-    monkeypatch.setattr(int8_float32, "_trim_heap", lambda: calls.append(1))
-    inputs = _inputs(tiny_model)
-    assert inputs["input_ids"].shape[1] > int8.INT8_DECODE_MAX_ROWS
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
-    blocks, layers = len(model.model.visual.blocks), len(model.model.language_model.layers)
-    assert len(calls) == blocks + layers  # the prefill only: 2 decode steps added none
-
-
 def test_bf16_stored_linear_in_row_blocks_computes_the_whole_product(monkeypatch):
     """The patch mergers' bf16 weights are multiplied in float32 a block of rows at a time."""
     from qwenvl import int8_float32
