@@ -89,7 +89,7 @@ def test_speed_script_measures_every_path_on_the_tiny_checkpoint(tiny_model, tmp
         assert math.isfinite(report["ratios"][key]) and report["ratios"][key] > 0, key
     assert set(report["checks"]) == {"bf16_decode_tok_s", "bf16_prefill_s", "load_over_read",
                                      "int8_decode_over_bf16", "int8_prefill_over_bf16", "int8_peak_rss_gb"}
-    assert "int8-cached" in proc.stdout and "agreement with stock bf16" in proc.stdout
+    assert "int8-cached" in proc.stdout and "agreement with stock bfloat16" in proc.stdout
     _assert_cpu_recorded(report["cpu"], proc.stdout, tables=1)
 
 
