@@ -10,6 +10,7 @@ format below. QWENVL_INT8_CACHE: unset -> $HF_HOME/qwenvl-int8
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -220,7 +221,7 @@ class Packing:
         self.metadata = self.reader.metadata
         self.entries = self.reader.entries
         names = [key.removesuffix(".qdata") for key in self.entries if key.endswith(".qdata")]
-        names.sort(key=lambda n: -_numel(self.entries[n + ".qdata"][2]["shape"]))
+        names.sort(key=lambda n: -math.prod(self.entries[n + ".qdata"][2]["shape"]))
         self._pool = ThreadPoolExecutor(max_workers=load_threads(), thread_name_prefix="qwenvl-int8")
         self._futures = {name: self._pool.submit(self._pack, name) for name in names}
 
@@ -241,25 +242,16 @@ class Packing:
             qdata = self.reader.read(name + ".qdata", (start, start + block))
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
-            packed += _int8.fbgemm_pack_rows(qdata, scale[start:start + block])
+            packed.append(_int8._fbgemm_pack(qdata, scale[start:start + block]))
             del qdata
         _trim_heap()  # the plain-read rows, now packed: back to the OS
         return packed, scale
 
     def close(self) -> None:
         """Stop: drops what was not taken, waits for the running packs, closes the file."""
-        for future in self._futures.values():
-            future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
         self.reader.close()
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def start_packing(path: str, dtype: str, device: str, quantize: str) -> Packing | None:

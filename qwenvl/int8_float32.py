@@ -85,17 +85,13 @@ class FileBf16Linear(_Module):
             raise ValueError(f"cannot read {key}")
 
     def forward(self, x):
-        import torch
-
-        out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype)
-        for i in range(0, self.out_features, BF16_STORED_ROWS):
-            block = slice(i, i + BF16_STORED_ROWS)
-            weight = self._reader.read(self._key, (i, i + BF16_STORED_ROWS))
+        def rows(start, stop):
+            weight = self._reader.read(self._key, (start, stop))
             if weight is None:
                 raise RuntimeError(f"cannot read {self._key} from the checkpoint any more")
-            bias = None if self.bias is None else self.bias[block].to(x.dtype)
-            out[..., block] = torch.nn.functional.linear(x, weight.to(x.dtype), bias)
-        return out
+            return weight
+
+        return _linear_in_row_blocks(x, self.out_features, rows, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 weight read from the file"
@@ -106,18 +102,24 @@ class Bf16StoredLinear(_Module if _Module is object else _torch.nn.Linear):
     BF16_STORED_ROWS output rows at a time."""
 
     def forward(self, x):
-        import torch
+        if x.dtype == self.weight.dtype:
+            return super().forward(x)
+        return _linear_in_row_blocks(x, self.weight.shape[0], lambda start, stop: self.weight[start:stop], self.bias)
 
-        rows = self.weight.shape[0]
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if x.dtype == self.weight.dtype or rows <= BF16_STORED_ROWS:
-            return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
-        out = torch.empty(*x.shape[:-1], rows, dtype=x.dtype)
-        for i in range(0, rows, BF16_STORED_ROWS):
-            block = slice(i, i + BF16_STORED_ROWS)
-            out[..., block] = torch.nn.functional.linear(
-                x, self.weight[block].to(x.dtype), None if bias is None else bias[block])
-        return out
+
+def _linear_in_row_blocks(x, out_features: int, weight_rows, bias):
+    """x @ W.T + b in x's dtype, W's rows taken BF16_STORED_ROWS at a time from `weight_rows(start, stop)`."""
+    import torch
+
+    bias = None if bias is None else bias.to(x.dtype)
+    if out_features <= BF16_STORED_ROWS:
+        return torch.nn.functional.linear(x, weight_rows(0, out_features).to(x.dtype), bias)
+    out = torch.empty(*x.shape[:-1], out_features, dtype=x.dtype)
+    for i in range(0, out_features, BF16_STORED_ROWS):
+        block = slice(i, i + BF16_STORED_ROWS)
+        out[..., block] = torch.nn.functional.linear(
+            x, weight_rows(i, i + BF16_STORED_ROWS).to(x.dtype), None if bias is None else bias[block])
+    return out
 
 
 BF16_STORED_ROWS = 4096  # a whole Qwen3-VL-2B merger weight (blocks of 1024 made the vision tower 0.7 s slower)
