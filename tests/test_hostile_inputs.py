@@ -113,6 +113,9 @@ def test_unreadable_file_as_another_user(tmp_path):
     folder = Path(tempfile.mkdtemp(prefix="qwenvl-perm-"))  # tmp_path's parents are 0700
     try:
         folder.chmod(0o755)
+        # the CLI runs from a copy here: `nobody` cannot read a checkout under a 0700 folder (mktemp -d)
+        shutil.copy(ROOT / "predict.py", folder / "predict.py")
+        shutil.copytree(ROOT / "qwenvl", folder / "qwenvl", ignore=shutil.ignore_patterns("__pycache__"))
         secret = folder / "secret.png"
         secret.write_bytes(hf.one_pixel_png())
         secret.chmod(0)
@@ -126,7 +129,7 @@ def test_unreadable_file_as_another_user(tmp_path):
         ):
             r = subprocess.run(
                 ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
-                 sys.executable, str(ROOT / "predict.py"), *argv, "--model", str(folder / "no-model")],
+                 sys.executable, str(folder / "predict.py"), *argv, "--model", str(folder / "no-model")],
                 capture_output=True, text=True, timeout=60, cwd=folder,
                 env={"PATH": os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1", "HOME": str(folder)},
             )
