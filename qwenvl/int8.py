@@ -47,8 +47,12 @@ INT8_VISION = True
 INT8_VISION_SKIP = ("merger",)
 
 # fbgemm packs a weight of many rows far slower per weight (the lm_head's 151936 rows:
-# 4.4 s, in blocks of 4096 rows 1.1 s, bench/kernels.py): layers of more than twice
-# this many rows are packed, and run, in blocks of it.
+# 4.4 s, in blocks of 4096 rows 1.1 s; the language model's 6144-row gate and up
+# projections: 62 ms each, in two blocks of 3072 rows 40 ms): layers of more rows
+# than this are packed, and run, in equal blocks of at most this many. Each block
+# is one more call at run time (it quantizes the activations again): at 489 rows
+# the two 3072-row halves cost 36.2 ms against 35.4 ms, where 1024-row blocks
+# would cost 43.6 ms (AVX2, 2 threads, bench/kernels.py shapes).
 FBGEMM_PACK_ROWS = 4096
 
 TORCHAO_PIN = "torchao==0.18.0"
@@ -161,12 +165,13 @@ def _fbgemm_pack(qdata, scale):
 
 
 def fbgemm_block_rows(rows: int) -> int:
-    """Rows per packed block of a layer of `rows` rows: all of them, or FBGEMM_PACK_ROWS for many."""
-    return FBGEMM_PACK_ROWS if rows > 2 * FBGEMM_PACK_ROWS else max(rows, 1)
+    """Rows per packed block of a layer of `rows` rows: all of them, or equal blocks of at most FBGEMM_PACK_ROWS."""
+    blocks = -(-max(rows, 1) // FBGEMM_PACK_ROWS)
+    return -(-max(rows, 1) // blocks)
 
 
 def fbgemm_pack_rows(qdata, scale) -> list:
-    """fbgemm's packed form of a layer: one block, or blocks of FBGEMM_PACK_ROWS rows for many rows."""
+    """fbgemm's packed form of a layer: one block, or equal blocks (`fbgemm_block_rows`) for many rows."""
     rows = fbgemm_block_rows(qdata.shape[0])
     return [_fbgemm_pack(qdata[i:i + rows], scale[i:i + rows]) for i in range(0, qdata.shape[0], rows)]
 
@@ -267,8 +272,8 @@ class Int8Linear(_Module):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         rows = x.numel() // self.in_features
         flat = x.reshape(rows, self.in_features)
-        if self._packed is not None:
-            y = self._fbgemm(flat).to(x.dtype)
+        if self._packed is not None:  # bias added inside
+            return self._fbgemm(flat).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         elif rows <= INT8_DECODE_MAX_ROWS and x.dtype == torch.bfloat16:
             y = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self._qdata, self.row_scale)
         elif x.dtype == torch.bfloat16 and self._int_mm_ok:
@@ -281,36 +286,28 @@ class Int8Linear(_Module):
         return y
 
     def _fbgemm(self, x):
-        """fbgemm's dynamic int8 linear, with one activation scale per row (see the module doc)."""
+        """fbgemm's dynamic int8 linear, with one activation scale per row (see the module doc), and the bias.
+
+        On every thread at decode too. An earlier build switched one-row products
+        to one thread (it measured 8 ms to wake the second thread per product);
+        re-measured in the model on the emulated AVX2 CPU, 2 threads decode at
+        82-84 ms per token against 100-104 ms on one (docs/performance.md).
+        """
         import torch
 
         xf = x.float()
-        if x.shape[0] <= INT8_DECODE_MAX_ROWS:
-            # decode: one thread. fbgemm splits even a one-row product over every thread, and
-            # waking the second one cost 8 ms (median) on a 2-vCPU VM, 30x the product itself
-            # (0.25 ms on one thread for a 2048x2048 layer, bench/kernels.py and docs/performance.md)
-            threads = torch.get_num_threads()
-            if threads > 1:
-                torch.set_num_threads(1)
-            try:
-                return self._fbgemm_rows(xf)
-            finally:
-                if threads > 1:
-                    torch.set_num_threads(threads)
-        return self._fbgemm_rows(xf)
-
-    def _fbgemm_rows(self, xf):
-        import torch
-
         s = None
         if xf.shape[0] == 1:  # one row: fbgemm's per-tensor scale is already per token
             xf = xf.contiguous()
         else:
             s = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
-            xf = xf / s
+            xf = xf * s.reciprocal()  # a product is faster than a quotient (2 ms of 1900x4096)
         parts = [torch.ops.quantized.linear_dynamic(xf, p, self.reduce_range) for p in self._packed]
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        return y if s is None else y.mul_(s)
+        # rows rescaled and bias added in one pass, in place
+        if s is not None:
+            return torch.addcmul(self.bias, y, s, out=y) if self.bias is not None else y.mul_(s)
+        return y if self.bias is None else y.add_(self.bias)
 
     def _int8_matmul(self, x):
         """Dynamic per-token int8 activations x int8 weights (`torch._int_mm`), rescaled to bfloat16.

@@ -23,7 +23,6 @@ from .int8 import (
     _int8_tensor,
     _mark_int8,
     _template,
-    _trim_heap,
     choose_kernel,
     int8_linear_names,
     quantize_int8,
@@ -239,12 +238,13 @@ class Packing:
         block = _int8.fbgemm_block_rows(rows)
         packed = []
         for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
-            qdata = self.reader.read(name + ".qdata", (start, start + block))
+            # into the thread's one buffer (fbgemm copies what it packs): a new tensor per layer left
+            # freed holes in the heap, 1.4 GB above the final size at the end of the load unless
+            # trimmed after every layer, and the trims cost 1 s of the load
+            qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
             packed.append(_int8._fbgemm_pack(qdata, scale[start:start + block]))
-            del qdata
-        _trim_heap()  # the plain-read rows, now packed: back to the OS
         return packed, scale
 
     def close(self) -> None:

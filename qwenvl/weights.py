@@ -6,6 +6,7 @@ cache (qwenvl/int8_cache.py) without mapping whole files into memory.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import threading
 from pathlib import Path
@@ -45,8 +46,14 @@ class WeightReader:
             for key, info in header.items():
                 self.entries[key] = (file, base, info)
 
-    def read(self, key: str | None, rows: tuple[int, int] | None = None):
-        """The tensor `key` (None when absent or of another dtype); `rows`: only rows [start, stop)."""
+    def read(self, key: str | None, rows: tuple[int, int] | None = None, reuse: bool = False):
+        """The tensor `key` (None when absent or of another dtype); `rows`: only rows [start, stop).
+
+        `reuse`: read into this thread's buffer, which the next reuse=True read
+        in the same thread overwrites (for bytes that are copied at once, such
+        as fbgemm's packing: no allocation per tensor, so no freed holes in
+        the heap to hand back to the OS).
+        """
         import torch
 
         if not key or key not in self.entries:
@@ -61,10 +68,17 @@ class WeightReader:
             row_bytes = (end - start) // max(shape[0], 1)
             first, stop = max(0, rows[0]), min(shape[0], rows[1])
             start, end, shape[0] = start + first * row_bytes, start + stop * row_bytes, stop - first
-        out = torch.empty(shape, dtype=getattr(torch, dtype))
-        view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
-        if view.nbytes != end - start:
+        nbytes = math.prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        if nbytes != end - start:
             return None
+        if reuse:
+            buffer = getattr(self._local, "buffer", None)
+            if buffer is None or buffer.numel() < nbytes:
+                buffer = self._local.buffer = torch.empty(nbytes, dtype=torch.uint8)
+            out = buffer[:nbytes].view(getattr(torch, dtype)).reshape(shape)
+        else:
+            out = torch.empty(shape, dtype=getattr(torch, dtype))
+        view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
         files = getattr(self._local, "files", None)
         if files is None:
             files = self._local.files = {}

@@ -181,6 +181,12 @@ def test_weight_reader_reads_what_safetensors_reads(tiny_model):
                 assert torch.equal(reader.read(key, (1, 3)), tensor[1:3]), key
                 assert torch.equal(reader.read(key, (2, 10**9)), tensor[2:]), key
         assert reader.read("no.such.weight") is None
+        # reuse=True (the int8 cache's packing): one buffer per thread, overwritten by the next such read
+        big, small = sorted((k for k, t in expected.items() if t.dim() == 2), key=lambda k: -expected[k].numel())[:2]
+        first = reader.read(big, reuse=True)
+        assert torch.equal(first, expected[big])
+        second = reader.read(small, reuse=True)
+        assert torch.equal(second, expected[small]) and second.data_ptr() == first.data_ptr()
     finally:
         reader.close()
 
@@ -454,12 +460,22 @@ def test_fbgemm_layers_of_many_rows_are_packed_in_blocks_with_the_same_result(mo
     whole = Int8Linear.from_packed(linear, int8.fbgemm_pack_rows(qdata, scale), scale)
     monkeypatch.setattr(int8, "FBGEMM_PACK_ROWS", 64)
     blocks = int8.fbgemm_pack_rows(qdata, scale)
-    assert [len(whole._packed), len(blocks)] == [1, 4]  # 64 + 64 + 64 + 8 rows
+    assert [len(whole._packed), len(blocks)] == [1, 4]  # 4 equal blocks of 50 rows, at most 64
     split = Int8Linear.from_packed(linear, blocks, scale)
     x = torch.randn(1, rows, 64)
     with torch.inference_mode():
         assert torch.equal(split(x), whole(x))
     assert torch.equal(split.int8_data()[0], qdata) and torch.equal(whole.int8_data()[0], qdata)
+
+
+def test_fbgemm_blocks_are_equal_and_at_most_the_block_size():
+    """6144-row layers (the gate and up projections) pack in two 3072-row halves; the lm_head in 38 blocks."""
+    from qwenvl.int8 import FBGEMM_PACK_ROWS, fbgemm_block_rows
+
+    assert FBGEMM_PACK_ROWS == 4096
+    assert [fbgemm_block_rows(r) for r in (1, 2048, 4096, 4097, 6144)] == [1, 2048, 4096, 2049, 3072]
+    block = fbgemm_block_rows(151936)
+    assert block <= 4096 and -(-151936 // block) == 38
 
 
 def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(tiny_model, tmp_path, monkeypatch):
