@@ -8,7 +8,7 @@ float32 a block of rows at a time (qwenvl/accel.py calls it).
 """
 from __future__ import annotations
 
-from .int8 import Int8Linear, release_freed_memory
+from .int8 import Int8Linear, _trim_heap
 
 try:
     import torch as _torch
@@ -60,7 +60,7 @@ def compute_in_float32(model, path: str | None = None) -> None:
         model.set_submodule(name, layer)
     emb.register_forward_hook(lambda mod, args, out: out.float())
     model.config.dtype = torch.float32
-    release_freed_memory()
+    _trim_heap()  # the bf16 copies of what became float32 (no gc.collect: no reference cycles, 0.2 s)
 
 
 class FileBf16Linear(_Module):
