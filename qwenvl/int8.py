@@ -46,14 +46,16 @@ INT8_VISION = True
 # (the main merger and the deepstack ones): measured, they cost most of the agreement.
 INT8_VISION_SKIP = ("merger",)
 
-# fbgemm packs a weight of many rows far slower per weight (the lm_head's 151936 rows:
-# 4.4 s, in blocks of 4096 rows 1.1 s; the language model's 6144-row gate and up
-# projections: 62 ms each, in two blocks of 3072 rows 40 ms): layers of more rows
-# than this are packed, and run, in equal blocks of at most this many. Each block
-# is one more call at run time (it quantizes the activations again): at 489 rows
-# the two 3072-row halves cost 36.2 ms against 35.4 ms, where 1024-row blocks
-# would cost 43.6 ms (AVX2, 2 threads, bench/kernels.py shapes).
-FBGEMM_PACK_ROWS = 4096
+# fbgemm packs a large weight far slower per weight than a block of it that fits in
+# the CPU's caches (the lm_head's 151936x2048: 4.4 s whole, 1.1 s in blocks of 4096
+# rows; a 6144x2048 gate or up projection: 62 ms whole, 40 ms in two halves; a
+# 2048x6144 down projection: 44 ms, 30 ms in two), so layers of more than this many
+# int8 bytes are packed, and run, in equal blocks of rows of at most this many.
+# Each block is one more call at run time (it quantizes the activations again):
+# at 489 rows the two halves cost 36.2 ms against 35.4 (gate/up) and 45.6 against
+# 43.4 (down), where 1024-row gate/up blocks would cost 43.6 ms (emulated AVX2,
+# 2 threads, /tmp timing scripts).
+FBGEMM_PACK_BYTES = 8 << 20
 
 TORCHAO_PIN = "torchao==0.18.0"
 
@@ -164,15 +166,17 @@ def _fbgemm_pack(qdata, scale):
         return torch.ops.quantized.linear_prepack(q, None)
 
 
-def fbgemm_block_rows(rows: int) -> int:
-    """Rows per packed block of a layer of `rows` rows: all of them, or equal blocks of at most FBGEMM_PACK_ROWS."""
-    blocks = -(-max(rows, 1) // FBGEMM_PACK_ROWS)
-    return -(-max(rows, 1) // blocks)
+def fbgemm_block_rows(rows: int, columns: int) -> int:
+    """Rows per packed block of a rows x columns int8 layer: all of them, or equal blocks of at most
+    FBGEMM_PACK_BYTES."""
+    rows, most = max(rows, 1), max(FBGEMM_PACK_BYTES // max(columns, 1), 1)
+    blocks = -(-rows // most)
+    return -(-rows // blocks)
 
 
 def fbgemm_pack_rows(qdata, scale) -> list:
     """fbgemm's packed form of a layer: one block, or equal blocks (`fbgemm_block_rows`) for many rows."""
-    rows = fbgemm_block_rows(qdata.shape[0])
+    rows = fbgemm_block_rows(*qdata.shape)
     return [_fbgemm_pack(qdata[i:i + rows], scale[i:i + rows]) for i in range(0, qdata.shape[0], rows)]
 
 

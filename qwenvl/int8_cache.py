@@ -235,8 +235,8 @@ class Packing:
 
     def _pack(self, name: str):
         scale = self.reader.read(name + ".scale")
-        rows = self.entries[name + ".qdata"][2]["shape"][0]
-        block = _int8.fbgemm_block_rows(rows)
+        rows, columns = self.entries[name + ".qdata"][2]["shape"]
+        block = _int8.fbgemm_block_rows(rows, columns)
         packed = []
         for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
             # into the thread's one buffer (fbgemm copies what it packs): a new tensor per layer left

@@ -458,7 +458,7 @@ def test_fbgemm_layers_of_many_rows_are_packed_in_blocks_with_the_same_result(mo
     qdata = torch.randint(-127, 128, (200, 64), dtype=torch.int8)
     scale = torch.rand(200) / 100 + 1e-3
     whole = Int8Linear.from_packed(linear, int8.fbgemm_pack_rows(qdata, scale), scale)
-    monkeypatch.setattr(int8, "FBGEMM_PACK_ROWS", 64)
+    monkeypatch.setattr(int8, "FBGEMM_PACK_BYTES", 64 * 64)  # 64 rows of 64 columns
     blocks = int8.fbgemm_pack_rows(qdata, scale)
     assert [len(whole._packed), len(blocks)] == [1, 4]  # 4 equal blocks of 50 rows, at most 64
     split = Int8Linear.from_packed(linear, blocks, scale)
@@ -469,12 +469,13 @@ def test_fbgemm_layers_of_many_rows_are_packed_in_blocks_with_the_same_result(mo
 
 
 def test_fbgemm_blocks_are_equal_and_at_most_the_block_size():
-    """6144-row layers (the gate and up projections) pack in two 3072-row halves; the lm_head in 38 blocks."""
-    from qwenvl.int8 import FBGEMM_PACK_ROWS, fbgemm_block_rows
+    """Blocks of at most 8 MiB of int8: the gate/up and down projections in halves, the lm_head in 38 blocks."""
+    from qwenvl.int8 import FBGEMM_PACK_BYTES, fbgemm_block_rows
 
-    assert FBGEMM_PACK_ROWS == 4096
-    assert [fbgemm_block_rows(r) for r in (1, 2048, 4096, 4097, 6144)] == [1, 2048, 4096, 2049, 3072]
-    block = fbgemm_block_rows(151936)
+    assert FBGEMM_PACK_BYTES == 8 << 20
+    shapes = [(1, 2048), (2048, 2048), (4096, 2048), (4097, 2048), (6144, 2048), (2048, 6144), (4096, 1024)]
+    assert [fbgemm_block_rows(*shape) for shape in shapes] == [1, 2048, 4096, 2049, 3072, 1024, 4096]
+    block = fbgemm_block_rows(151936, 2048)
     assert block <= 4096 and -(-151936 // block) == 38
 
 
@@ -488,7 +489,7 @@ def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(t
     fresh = load_model(tiny_model, "float32", "cpu", "int8")  # quantizes, writes the cache
     rows = fresh.lm_head.out_features
     assert len(fresh.lm_head._packed) == 1 and rows > 3 * 16
-    monkeypatch.setattr(int8, "FBGEMM_PACK_ROWS", 16)
+    monkeypatch.setattr(int8, "FBGEMM_PACK_BYTES", 16 * fresh.lm_head.in_features)  # 16 rows
     cached = load_model(tiny_model, "float32", "cpu", "int8")
     assert len(cached.lm_head._packed) == -(-rows // 16)
     assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
