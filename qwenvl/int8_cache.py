@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import threading
 from pathlib import Path
 
 from . import int8 as _int8
@@ -194,6 +195,9 @@ class _MappedCache:
         self.handle = None
 
 
+PACKING_TRIM_BYTES = 128 << 20
+
+
 def load_threads() -> int:
     """Threads that pack fbgemm weights at once: torch's intra-op threads (packing itself uses one)."""
     import torch
@@ -222,6 +226,8 @@ class Packing:
         self.entries = self.reader.entries
         names = [key.removesuffix(".qdata") for key in self.entries if key.endswith(".qdata")]
         names.sort(key=lambda n: -math.prod(self.entries[n + ".qdata"][2]["shape"]))
+        self._lock = threading.Lock()
+        self._untrimmed = 0  # bytes packed since the last malloc_trim
         self._pool = ThreadPoolExecutor(max_workers=load_threads(), thread_name_prefix="qwenvl-int8")
         self._futures = {name: self._pool.submit(self._pack, name) for name in names}
 
@@ -239,13 +245,20 @@ class Packing:
         block = _int8.fbgemm_block_rows(rows, columns)
         packed = []
         for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
-            # into the thread's one buffer (fbgemm copies what it packs): a new tensor per layer left
-            # freed holes in the heap, 1.4 GB above the final size at the end of the load unless
-            # trimmed after every layer, and the trims cost 1 s of the load
+            # read into the thread's one buffer, not a new tensor per layer
             qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
             packed.append(_int8._fbgemm_pack(qdata, scale[start:start + block]))
+        # Packing copies each block first (a quantized tensor) and frees the copy; those freed
+        # holes between the packed weights stayed in glibc's heap, 0.5-1.4 GB above the final
+        # size by the end of the load. A trim per layer cost 1 s of the load; one per
+        # PACKING_TRIM_BYTES packed bounds the holes for a few trims.
+        with self._lock:
+            self._untrimmed += rows * columns
+            trim, self._untrimmed = self._untrimmed >= PACKING_TRIM_BYTES, self._untrimmed % PACKING_TRIM_BYTES
+        if trim:
+            _trim_heap()
         return packed, scale
 
     def close(self) -> None:
