@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 
@@ -424,6 +425,27 @@ def test_packing_started_before_the_load_gives_the_cached_model_and_ends(tiny_mo
     assert logs and logs[0].startswith("int8: weights from ")
     assert torch.equal(_last_logits(model, tiny_model), reference)
     assert not _packing_threads()
+
+
+@pytest.mark.parametrize("every, per_layer", [(1, True), (10**12, False)])
+def test_packing_gives_freed_memory_back_every_so_many_bytes(tiny_model, tmp_path, monkeypatch, every, per_layer):
+    """fbgemm's packing frees a copy of every block: the packing trims the heap once per
+    PACKING_TRIM_BYTES packed (never more than once per layer), and the model is the same."""
+    from qwenvl import int8_cache
+    from qwenvl.accel import load_model
+
+    _fbgemm_or_skip()
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path))
+    reference = _last_logits(load_model(tiny_model, "float32", "cpu", "int8"), tiny_model)  # writes the cache
+    trims = []
+    monkeypatch.setattr(int8_cache, "PACKING_TRIM_BYTES", every)
+    monkeypatch.setattr(int8_cache, "_trim_heap", lambda: trims.append(threading.current_thread().name))
+    model = load_model(tiny_model, "float32", "cpu", "int8")
+    layers = sum(isinstance(m, int8_cache.Int8Linear) for m in model.modules())
+    in_packing = [name for name in trims if name.startswith("qwenvl-int8")]
+    assert len(in_packing) == (layers if per_layer else 0)
+    assert len(trims) - len(in_packing) == 1  # and once when the cache load ends
+    assert torch.equal(_last_logits(model, tiny_model), reference)
 
 
 def test_a_failed_load_stops_the_packing_threads(tiny_model, tmp_path, monkeypatch):
