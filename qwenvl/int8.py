@@ -23,9 +23,9 @@ Kernels, per kind of CPU (bench/kernels.py measures them; docs/performance.md):
     row of the activations is first scaled to max |x| = 1 (and the result
     back), which makes fbgemm's per-tensor activation scale a per-token one;
     without AVX-512 VNNI activations use 7 bits (`reduce_range`), as fbgemm
-    requires there to avoid saturating 16-bit sums. Decode runs on one thread
-    (see `Int8Linear._fbgemm`). fbgemm packs its weights at every load (about
-    10 s of CPU time for the 2B model, in background threads from the start
+    requires there to avoid saturating 16-bit sums. Decode runs on every
+    thread (see `Int8Linear._fbgemm`). fbgemm packs its weights at every load
+    (about 7.5 s of CPU time for the 2B model, in background threads from the start
     of the session: qwenvl/int8_cache.py): one packed copy serves prefill and
     decode.
   * no fbgemm (ARM64): the torchao kernels of the first case.
@@ -141,7 +141,7 @@ def choose_kernel(dtype: str) -> str:
     With bfloat16 activations (CPUs with native bf16) `_weight_int8pack_mm` and
     `torch._int_mm` are as fast as fbgemm (decode 7.8 tok/s both; prefill 9.3 s
     against 10.3 s) and their int8 rows can be mapped from the cache, where
-    fbgemm must pack them at every load (about 10 s of CPU time for the 2B model).
+    fbgemm must pack them at every load (about 7.5 s of CPU time for the 2B model).
     """
     return "fbgemm" if dtype == "float32" and fbgemm_kernel() is not None else "torchao"
 

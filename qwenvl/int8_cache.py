@@ -208,13 +208,13 @@ def load_threads() -> int:
 class Packing:
     """fbgemm's packing of every layer of an int8 cache file, in `load_threads()` background threads.
 
-    fbgemm packs each weight on one thread, about 5 ns per weight (10 s for
-    the 2B model on one core); packing releases the GIL, so it runs beside
+    fbgemm packs each weight on one thread, 3-4 ns per weight (about 7.5 s
+    for the 2B model on one core); packing releases the GIL, so it runs beside
     the loading of the processor and the model (single-threaded Python
     imports, mostly) and on every thread. Started before the model is built
     (`start_packing`), its layers are taken by `_load_int8_cache`. Largest
     layers first. A layer's rows are read with plain reads (page cache, not
-    this process's memory) and freed once packed.
+    this process's memory) into one buffer per thread.
     """
 
     def __init__(self, cache: Path):
