@@ -264,10 +264,18 @@ class Int8Linear(_Module):
         """(int8 rows, float32 scale per row): a copy with fbgemm."""
         import torch
 
-        if self._packed is None:
-            return self._qdata, self.row_scale_f32
-        parts = [torch.ops.quantized.linear_unpack(p)[0].int_repr() for p in self._packed]
+        parts = list(self.int8_row_blocks())
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), self.row_scale_f32
+
+    def int8_row_blocks(self):
+        """The int8 rows, one block at a time (with fbgemm, each block unpacked when asked for)."""
+        import torch
+
+        if self._packed is None:
+            yield self._qdata
+            return
+        for p in self._packed:
+            yield torch.ops.quantized.linear_unpack(p)[0].int_repr()
 
     def forward(self, x):
         import torch

@@ -517,6 +517,23 @@ def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(t
     assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
 
 
+def test_layers_packed_in_blocks_are_cached_block_by_block_and_read_back_the_same(tiny_model, tmp_path, monkeypatch):
+    """The first run writes a multi-block layer's rows one block at a time; the cache gives the same model."""
+    from qwenvl import int8
+    from qwenvl.accel import load_model
+
+    _fbgemm_or_skip()
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path))
+    monkeypatch.setattr(int8, "FBGEMM_PACK_BYTES", 16 * 64)
+    fresh = load_model(tiny_model, "float32", "cpu", "int8")  # quantizes, writes the cache
+    assert len(fresh.lm_head._packed) > 1
+    blocks = list(fresh.lm_head.int8_row_blocks())
+    assert len(blocks) == len(fresh.lm_head._packed) and torch.equal(torch.cat(blocks), fresh.lm_head.int8_data()[0])
+    cached = load_model(tiny_model, "float32", "cpu", "int8")
+    assert torch.equal(cached.lm_head.int8_data()[0], fresh.lm_head.int8_data()[0])
+    assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
+
+
 def test_bf16_stored_linear_in_row_blocks_computes_the_whole_product(monkeypatch):
     """The patch mergers' bf16 weights are multiplied in float32 a block of rows at a time."""
     from qwenvl import int8_float32
