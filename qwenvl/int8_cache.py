@@ -32,6 +32,8 @@ from .int8 import (
 )
 
 INT8_CACHE_FORMAT = 2  # 2: the vision tower's linears too
+# fbgemm packing of the cache gives freed memory back to the OS once per this many bytes packed (`Packing`)
+PACKING_TRIM_BYTES = 128 << 20
 
 
 def int8_cache_file(path: str) -> Path | None:
@@ -181,8 +183,8 @@ class _MappedCache:
         from safetensors import safe_open
 
         self.handle = safe_open(str(cache), "pt")
-        self.metadata = self.handle.metadata() or {}
-        self.entries = WeightReader(str(cache), files=[cache]).entries  # the header only
+        header = WeightReader(str(cache), files=[cache])  # the header only
+        self.metadata, self.entries = header.metadata, header.entries
 
     def shape(self, name: str):
         return _layer_shape(self.entries, name)
@@ -195,9 +197,6 @@ class _MappedCache:
 
     def close(self) -> None:
         self.handle = None
-
-
-PACKING_TRIM_BYTES = 128 << 20
 
 
 def load_threads() -> int:
@@ -258,7 +257,9 @@ class Packing:
         # PACKING_TRIM_BYTES packed bounds the holes for a few trims.
         with self._lock:
             self._untrimmed += rows * columns
-            trim, self._untrimmed = self._untrimmed >= PACKING_TRIM_BYTES, self._untrimmed % PACKING_TRIM_BYTES
+            trim = self._untrimmed >= PACKING_TRIM_BYTES
+            if trim:
+                self._untrimmed %= PACKING_TRIM_BYTES
         if trim:
             _trim_heap()
         return packed, scale

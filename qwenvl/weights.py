@@ -68,16 +68,17 @@ class WeightReader:
             row_bytes = (end - start) // max(shape[0], 1)
             first, stop = max(0, rows[0]), min(shape[0], rows[1])
             start, end, shape[0] = start + first * row_bytes, start + stop * row_bytes, stop - first
-        nbytes = math.prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        dtype = getattr(torch, dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != end - start:
             return None
         if reuse:
             buffer = getattr(self._local, "buffer", None)
             if buffer is None or buffer.numel() < nbytes:
                 buffer = self._local.buffer = torch.empty(nbytes, dtype=torch.uint8)
-            out = buffer[:nbytes].view(getattr(torch, dtype)).reshape(shape)
+            out = buffer[:nbytes].view(dtype).reshape(shape)
         else:
-            out = torch.empty(shape, dtype=getattr(torch, dtype))
+            out = torch.empty(shape, dtype=dtype)
         view = memoryview(out.view(torch.uint8).reshape(-1).numpy())
         files = getattr(self._local, "files", None)
         if files is None:
