@@ -54,10 +54,12 @@ def task_prompt(task: TaskOptions) -> str:
 
 
 def open_session(model: ModelOptions, log):
-    from .session import ModelSession
+    from .session import ModelSession, loaded_for_life
 
     log(f"loading model {model.name} (device {model.device}, dtype {model.dtype})")
-    session = ModelSession(model.name, device=model.device, dtype=model.dtype, log=log, quantize=model.quantize)
+    with loaded_for_life():
+        session = ModelSession(model.name, device=model.device, dtype=model.dtype, log=log,
+                               quantize=model.quantize)
     log(f"model loaded in {session.load_s:.1f} s on {session.device} ({session.dtype})")
     return session
 

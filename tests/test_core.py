@@ -241,6 +241,46 @@ def test_model_folder_missing(cli, media, tmp_path):
     assert "does not exist" in r.err and "--model" in r.err and len(r.err.strip().splitlines()) == 2
 
 
+def test_the_load_pauses_the_collector_and_freezes_what_it_keeps(tiny_model):
+    """The collector is off while the model loads, but for one full pass at the end; what the
+    load keeps is then frozen, and the collector is back on."""
+    import gc
+
+    from qwenvl.options import ModelOptions
+    from qwenvl.pipeline import open_session
+
+    passes, during_load = [], []
+
+    def count(phase, info):
+        if phase == "start":
+            passes.append((info["generation"], gc.isenabled()))
+
+    def log(message):  # the load logs as it goes (int8: quantizing, caching)
+        during_load.append((message.split(":")[0], gc.isenabled()))
+
+    options = ModelOptions(name=tiny_model, device="cpu", dtype="float32", quantize="int8")
+    open_session(options, lambda s: None)  # quantizes (and collects what that freed) or reads the cache
+    gc.callbacks.append(count)
+    try:
+        session = open_session(options, log)  # from the int8 cache
+    finally:
+        gc.callbacks.remove(count)
+    assert ("int8", False) in during_load and ("int8", True) not in during_load
+    assert [p for p in passes if not p[1]] == [(2, False)]  # the one full pass, at the end
+    assert gc.isenabled()
+    tracked = {id(o) for o in gc.get_objects()}  # frozen objects are not among them
+    assert id(session.model) not in tracked and gc.is_tracked(session.model)
+
+
+def test_a_failed_load_resumes_the_collector(cli, media, tmp_path):
+    import gc
+
+    frozen = gc.get_freeze_count()
+    r = cli("--image", media["jpeg"], "--model", str(tmp_path / "absent"))
+    assert r.code == 1
+    assert gc.isenabled() and gc.get_freeze_count() <= frozen  # nothing frozen (frozen objects can be freed)
+
+
 def test_hub_model_not_cached_offline(cli, media, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
