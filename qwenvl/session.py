@@ -299,12 +299,13 @@ def loaded_for_life():
     """Load what the process keeps until it exits (the CLI's one model) with the collector paused.
 
     Python's cyclic collector walks every object it tracks at each full pass: torch,
-    transformers and the model leave about 430,000 of them, so the passes that the load
-    itself sets off (8 for the 2B model, 0.1-0.25 s each) and those at exit (1.1-1.5 s
-    in all) cost about 2.5 s of a 23 s request on 2 cores. While loading, the collector
-    is paused; at the end it runs once, so nothing the load threw away is kept, and what
-    is left is frozen (`gc.freeze`): later passes, the ones at exit included, skip it.
-    After a failed load the collector is only resumed.
+    transformers and the model leave about 430,000 of them. The passes that the load set
+    off (8 for the 2B model, up to 0.25 s each: 1.3 s of the load) and those at exit (the
+    process ended 1.5-1.9 s after the answer) were about a tenth of a 23 s int8 request on
+    2 cores. While loading, the collector is paused; at the end it runs once (0.4 s), so
+    nothing the load threw away is kept, and what is left is frozen (`gc.freeze`): later
+    passes, the ones at exit included (now 0.4 s), skip it. After a failed load the
+    collector is only resumed. (int8's quantization turns it on while it runs.)
     """
     enabled = gc.isenabled()
     gc.disable()

@@ -583,3 +583,34 @@ def test_a_bf16_checkpoints_mergers_are_read_from_the_file_with_the_same_logits(
     mapped = accel.load_model(copy, "float32", "cpu", "int8")
     assert any(isinstance(m, Bf16StoredLinear) for m in mapped.modules())
     assert torch.equal(got, _logits(mapped, inputs))
+
+
+def test_quantizing_inside_the_clis_paused_load_collects_as_it_goes(tiny_model, tmp_path, monkeypatch):
+    """torchao's quantize_ leaves reference cycles holding each layer's temporaries: with the
+    collector paused for the whole load (session.loaded_for_life) they piled up to a 5.0 GB peak
+    on the 2B model, so the quantization turns it on and the load pauses it again after."""
+    import gc
+
+    from qwenvl.accel import load_model
+    from qwenvl.session import loaded_for_life
+
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache"))
+    collected = []
+
+    def count(phase, info):
+        if phase == "stop" and gc.isenabled():  # an automatic pass, not the load's final one
+            collected.append(info["collected"])
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(100)  # passes as often as a 2B model's quantization sets them off
+    gc.callbacks.append(count)
+    try:
+        with loaded_for_life():
+            logs = []
+            load_model(tiny_model, "float32", "cpu", "int8", log=logs.append)
+            assert any("quantized" in m for m in logs)
+            assert not gc.isenabled()  # paused again for the rest of the load
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*threshold)
+    assert sum(collected) > 0  # cycles freed while quantizing, not held to the end
