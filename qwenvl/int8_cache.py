@@ -88,7 +88,7 @@ def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bf
     import time
 
     t0 = time.perf_counter()
-    count = quantize_int8(model, path, kernel)
+    count = _in_a_thread_of_its_own(quantize_int8, model, path, kernel)
     t1 = time.perf_counter()
     log(f"int8: quantized {count} linear layers in {t1 - t0:.1f} s")
     if cache is not None:
@@ -99,6 +99,34 @@ def load_or_quantize_int8(model, path: str, log=lambda s: None, dtype: str = "bf
         except OSError as exc:
             log(f"warning: cannot cache int8 weights in {cache}: {exc.strerror or exc}")
     return count
+
+
+def _in_a_thread_of_its_own(work, *args):
+    """work(*args) in a new thread with torch's thread count; returns its result or raises its error.
+
+    glibc gives each thread its own heap (arena): quantizing in the main thread
+    left the main heap fragmented, and generation then grew it by 0.2-0.35 GB
+    more than after a load from the cache (first-run peak 3.53-3.71 GB over five
+    runs against 3.34-3.37 GB over three with the quantization in its own thread,
+    2B model, emulated AVX2 CPU). A daemon: an interrupted load does not wait for it.
+    """
+    import torch
+
+    threads, outcome = torch.get_num_threads(), {}
+
+    def run():
+        try:
+            torch.set_num_threads(threads)  # a new thread starts from OpenMP's default, not this count
+            outcome["result"] = work(*args)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="qwenvl-quantize", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _save_int8_cache(model, cache: Path) -> None:

@@ -614,3 +614,36 @@ def test_quantizing_inside_the_clis_paused_load_collects_as_it_goes(tiny_model, 
         gc.callbacks.remove(count)
         gc.set_threshold(*threshold)
     assert sum(collected) > 0  # cycles freed while quantizing, not held to the end
+
+
+def test_the_first_run_quantizes_in_a_thread_of_its_own_and_its_errors_reach_the_caller(
+        tiny_model, tmp_path, monkeypatch):
+    """Its own thread, so its own glibc heap (the first run's peak: see int8_cache); with torch's
+    thread count; an error inside is raised in the loading thread as itself."""
+    from qwenvl import int8_cache
+    from qwenvl.accel import load_model
+
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache"))
+    seen = []
+    quantize = int8_cache.quantize_int8
+
+    def spy(*args):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return quantize(*args)
+
+    monkeypatch.setattr(int8_cache, "quantize_int8", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_model(tiny_model, "float32", "cpu", "int8")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [("qwenvl-quantize", 1)]
+
+    def broken(*args):
+        raise RuntimeError("no memory for layer 7")
+
+    monkeypatch.setattr(int8_cache, "quantize_int8", broken)
+    monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(RuntimeError, match="no memory for layer 7"):
+        load_model(tiny_model, "float32", "cpu", "int8")
