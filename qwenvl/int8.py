@@ -357,7 +357,7 @@ def quantize_int8(model, path: str | None = None, kernel: str | None = None) -> 
     names.sort(key=lambda n: n != "lm_head")  # the largest first, while little else is allocated
     # with the collector on, even inside the CLI's load (which pauses it: session.loaded_for_life):
     # torchao's quantize_ leaves reference cycles that hold each layer's temporaries, and with
-    # the collector paused they piled up to a 5.0 GB peak (3.4-3.8 GB with it on)
+    # the collector paused they piled up to a 5.0 GB first-run peak (3.34-3.37 GB with it on)
     collecting = gc.isenabled()
     gc.enable()
     try:

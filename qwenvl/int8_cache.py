@@ -107,7 +107,7 @@ def _in_a_thread_of_its_own(work, *args):
     glibc gives each thread its own heap (arena): quantizing in the main thread
     left the main heap fragmented, and generation then grew it by 0.2-0.35 GB
     more than after a load from the cache (first-run peak 3.53-3.71 GB over five
-    runs against 3.34-3.37 GB over three with the quantization in its own thread,
+    runs against 3.34-3.37 GB over four with the quantization in its own thread,
     2B model, emulated AVX2 CPU). A daemon: an interrupted load does not wait for it.
     """
     import torch
