@@ -278,7 +278,7 @@ class Packing:
             qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
-            packed.append(_int8._fbgemm_pack(qdata, scale[start:start + block]))
+            packed.append(_int8._fbgemm_pack(qdata))
         # Packing copies each block first (a quantized tensor) and frees the copy; those freed
         # holes between the packed weights stayed in glibc's heap, 0.5-1.4 GB above the final
         # size by the end of the load. A trim per layer cost 1 s of the load; one per

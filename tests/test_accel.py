@@ -479,14 +479,17 @@ def test_fbgemm_layers_of_many_rows_are_packed_in_blocks_with_the_same_result(mo
     linear = torch.nn.Linear(64, 200, bias=False)
     qdata = torch.randint(-127, 128, (200, 64), dtype=torch.int8)
     scale = torch.rand(200) / 100 + 1e-3
-    whole = Int8Linear.from_packed(linear, int8.fbgemm_pack_rows(qdata, scale), scale)
+    whole = Int8Linear.from_packed(linear, int8.fbgemm_pack_rows(qdata), scale)
     monkeypatch.setattr(int8, "FBGEMM_PACK_BYTES", 64 * 64)  # 64 rows of 64 columns
-    blocks = int8.fbgemm_pack_rows(qdata, scale)
+    blocks = int8.fbgemm_pack_rows(qdata)
     assert [len(whole._packed), len(blocks)] == [1, 4]  # 4 equal blocks of 50 rows, at most 64
     split = Int8Linear.from_packed(linear, blocks, scale)
     x = torch.randn(1, rows, 64)
     with torch.inference_mode():
-        assert torch.equal(split(x), whole(x))
+        y = split(x)
+        assert torch.equal(y, whole(x))
+    ref = x @ (qdata.float() * scale.reshape(-1, 1)).T  # each block's rows get their own scales
+    assert ((y - ref).norm() / ref.norm()).item() < 0.03
     assert torch.equal(split.int8_data()[0], qdata) and torch.equal(whole.int8_data()[0], qdata)
 
 
