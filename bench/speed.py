@@ -49,6 +49,9 @@ changed), peak RSS (VmHWM), and the "dtype auto" line. Before each request the
 weights files are read once, untimed, so that every path starts with them in
 the page cache (float32's 13 GB would otherwise push them out for the next). `--baseline-root DIR` adds the
 int8 path of another checkout (e.g. the previous commit) run the same way.
+`--repeat N` runs every path N times, in N rounds of all the paths (so that a
+slow spell of a shared machine falls on all of them), and reports each path's
+median run, every run's total beside it; the ratios are the medians'.
 float32 runs last whatever the order asked for (the machine is slow for a
 while after its 13 GB).
 To see an AVX2-only CPU on a newer one, run it under
@@ -62,6 +65,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -397,44 +401,52 @@ def run_requests(args, checkpoint: Path, cpu: dict) -> dict:
     if args.baseline_root:
         at = len(paths) - (names[-1] == "float32")  # before float32
         paths[at:at] = [(f"baseline-{name}", str(args.baseline_root)) for name in names if name.startswith("int8")]
+    samples: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         warmed = set()
-        # one untimed request first: the first request of a run was slow whatever its path (auto
-        # took 48.9 s against bfloat16's 22.0 s, the same code, at the same CPU seconds: the
-        # machine was still reclaiming the memory of what ran before)
-        warm_page_cache(checkpoint)
-        print("warm-up request (untimed) ...", file=sys.stderr, flush=True)
-        spec = {"root": str(ROOT), "argv": REQUEST + ["--model", str(checkpoint), "--dtype", "bfloat16",
-                                                      "--max-pixels", str(64 * 32 * 32), "--max-new-tokens", "1"]}
-        subprocess.run([sys.executable, __file__, "--_request", json.dumps(spec)], capture_output=True, cwd=ROOT)
-        for name, root in paths:
-            env = dict(os.environ, QWENVL_INT8_CACHE=str(Path(tmp) / ("base" if name.startswith("baseline") else "ours")))
-            if name.endswith("int8-cached") and name.replace("-cached", "") not in results and root not in warmed:
-                # no first int8 request in this run: write the cache with a load only (not timed)
-                print(f"writing the int8 cache for {name} (load only) ...", file=sys.stderr, flush=True)
-                code = (f"import sys; sys.path.insert(0, {root!r}); from qwenvl.accel import load_model; "
-                        f"load_model({str(checkpoint)!r}, 'bfloat16', 'cpu', 'int8', print)")
-                subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                warmed.add(root)
-            warm_page_cache(checkpoint, Path(env["QWENVL_INT8_CACHE"]))
-            extra = REQUEST_PATHS[name.removeprefix("baseline-")]
-            spec = {"root": root, "argv": REQUEST + ["--model", str(checkpoint)] + extra}
-            print(f"request {name} ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--_request", json.dumps(spec)],
-                                  capture_output=True, text=True, cwd=root, env=env)
-            process_s = time.perf_counter() - t0
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"request {name} failed (exit {proc.returncode})")
-            r = json.loads(line[-1][7:])
-            r["process_s"] = process_s
-            results[name] = r
-            print(f"  {process_s:.1f} s in all: load {r['load_s']:.1f} s, generate {r['generate_s']:.1f} s, "
-                  f"decode {r['decode_tok_s'] or 0:.2f} tok/s, peak RSS {r['peak_rss_gb']:.2f} GB "
-                  f"({r['dtype']}{', int8' if r['quantize'] == 'int8' else ''})", file=sys.stderr, flush=True)
+        for round_ in range(args.repeat):
+            # one untimed request first: the first request of a run was slow whatever its path (auto
+            # took 48.9 s against bfloat16's 22.0 s, the same code, at the same CPU seconds: the
+            # machine was still reclaiming the memory of what ran before, float32's 13 GB in a
+            # later round)
+            warm_page_cache(checkpoint)
+            print(f"round {round_ + 1} of {args.repeat}: warm-up request (untimed) ...", file=sys.stderr, flush=True)
+            spec = {"root": str(ROOT), "argv": REQUEST + ["--model", str(checkpoint), "--dtype", "bfloat16",
+                                                          "--max-pixels", str(64 * 32 * 32), "--max-new-tokens", "1"]}
+            subprocess.run([sys.executable, __file__, "--_request", json.dumps(spec)], capture_output=True, cwd=ROOT)
+            for name, root in paths:
+                cache = Path(tmp) / ("base" if name.startswith("baseline") else "ours")
+                env = dict(os.environ, QWENVL_INT8_CACHE=str(cache))
+                if name.removeprefix("baseline-") == "int8":  # the first run: it quantizes, with no cache
+                    shutil.rmtree(cache, ignore_errors=True)
+                    warmed.discard(root)
+                elif name.endswith("int8-cached") and root not in warmed and not any(cache.glob("*.safetensors")):
+                    # no first int8 request before it: write the cache with a load only (not timed)
+                    print(f"writing the int8 cache for {name} (load only) ...", file=sys.stderr, flush=True)
+                    code = (f"import sys; sys.path.insert(0, {root!r}); from qwenvl.accel import load_model; "
+                            f"load_model({str(checkpoint)!r}, 'bfloat16', 'cpu', 'int8', print)")
+                    subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    warmed.add(root)
+                warm_page_cache(checkpoint, cache)
+                extra = REQUEST_PATHS[name.removeprefix("baseline-")]
+                spec = {"root": root, "argv": REQUEST + ["--model", str(checkpoint)] + extra}
+                print(f"request {name} ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                proc = subprocess.run([sys.executable, __file__, "--_request", json.dumps(spec)],
+                                      capture_output=True, text=True, cwd=root, env=env)
+                process_s = time.perf_counter() - t0
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"request {name} failed (exit {proc.returncode})")
+                r = json.loads(line[-1][7:])
+                r["process_s"] = process_s
+                samples.setdefault(name, []).append(r)
+                print(f"  {process_s:.1f} s in all: load {r['load_s']:.1f} s, generate {r['generate_s']:.1f} s, "
+                      f"decode {r['decode_tok_s'] or 0:.2f} tok/s, peak RSS {r['peak_rss_gb']:.2f} GB "
+                      f"({r['dtype']}{', int8' if r['quantize'] == 'int8' else ''})", file=sys.stderr, flush=True)
+    results = {name: median_request(runs) for name, runs in samples.items()}
     ratios = {}
     f32 = results.get("float32")
     dtypes = [results[k] for k in ("float32", "bfloat16") if k in results]
@@ -448,8 +460,17 @@ def run_requests(args, checkpoint: Path, cpu: dict) -> dict:
     if cached and "baseline-int8-cached" in results:
         ratios["int8_cached_over_baseline_total"] = cached["process_s"] / results["baseline-int8-cached"]["process_s"]
     if cached:
-        ratios["int8_cached_peak_rss_gb"] = cached["peak_rss_gb"]
+        ratios["int8_cached_peak_rss_gb"] = max(cached["peak_rss_gb_runs"])  # the highest of its runs
     return {"results": results, "ratios": ratios}
+
+
+def median_request(runs: list[dict]) -> dict:
+    """The run of median total time (the lower middle one of an even count), with every run's total and
+    peak RSS beside it."""
+    chosen = dict(sorted(runs, key=lambda r: r["process_s"])[(len(runs) - 1) // 2])
+    chosen["process_s_runs"] = [round(r["process_s"], 2) for r in runs]
+    chosen["peak_rss_gb_runs"] = [round(r["peak_rss_gb"], 3) for r in runs]
+    return chosen
 
 
 def print_requests(report: dict) -> None:
@@ -462,6 +483,10 @@ def print_requests(report: dict) -> None:
     for name, r in report["requests"]["results"].items():
         print(f"{name:21} {r['dtype']:9} {r['process_s']:7.1f} {r['load_s']:6.1f} {r['generate_s']:10.1f} "
               f"{r['prefill_s'] or 0:9.1f} {r['decode_tok_s'] or 0:12.2f} {r['peak_rss_gb']:11.2f} {r['cpu_s']:6.0f}")
+    if any(len(r["process_s_runs"]) > 1 for r in report["requests"]["results"].values()):
+        print("(each path's median run of several; every run's total:)")
+        for name, r in report["requests"]["results"].items():
+            print(f"  {name:19} " + " ".join(f"{t:.1f}" for t in r["process_s_runs"]) + " s")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])} "
           f"({report['machine']['cpus']} CPUs)")
     print()
@@ -517,6 +542,9 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", action="store_true", help="time whole CLI requests instead (see above)")
     ap.add_argument("--paths", default=",".join(REQUEST_PATHS), help="with --requests: which paths")
     ap.add_argument("--baseline-root", type=Path, help="with --requests: also run the int8 path of this checkout")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="with --requests: rounds of every path, one after the other; each path's figures are "
+                         "those of its median run")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     ap.add_argument("--_request", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

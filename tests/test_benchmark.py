@@ -95,24 +95,31 @@ def test_speed_script_measures_every_path_on_the_tiny_checkpoint(tiny_model, tmp
 
 @pytest.mark.slow
 def test_speed_script_times_whole_cli_requests(tiny_model, tmp_path):
-    """bench/speed.py --requests: the CLI request per path, its timings, decode speed, peak RSS, the dtype auto line."""
+    """bench/speed.py --requests: the CLI request per path, its timings, decode speed, peak RSS, the dtype auto
+    line; with --repeat, every path in each round (int8's first run quantizes afresh) and the median run kept."""
     out = tmp_path / "requests.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "speed.py"), "--requests", "--paths", "float32,auto,int8-cached",
-         "--checkpoint", tiny_model, "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "speed.py"), "--requests", "--paths", "float32,auto,int8,int8-cached",
+         "--repeat", "2", "--checkpoint", tiny_model, "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     results = report["requests"]["results"]
-    assert set(results) == {"float32", "auto", "int8-cached"}
+    assert set(results) == {"float32", "auto", "int8", "int8-cached"}
     assert results["float32"]["dtype"] == "float32" and results["int8-cached"]["quantize"] == "int8"
     for name, r in results.items():
         assert r["completion_tokens"] == 16 and r["prompt_tokens"] > 0, name
         for key in ("process_s", "load_s", "generate_s", "prefill_s", "decode_tok_s", "peak_rss_gb", "cpu_s"):
             assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] > 0, (name, key)
+        runs = r["process_s_runs"]
+        assert len(runs) == 2 and round(r["process_s"], 2) == min(runs), name  # the lower middle of two
+        assert len(r["peak_rss_gb_runs"]) == 2, name
+    assert proc.stderr.count("request int8 ...") == 2 and proc.stderr.count("round 2 of 2") == 1
     assert any(n.startswith("dtype auto: ") for n in results["auto"]["notes"])
+    assert any(n.startswith("int8: quantized ") for n in results["int8"]["notes"])  # no cache left from round 1
     assert any(n.startswith("int8: weights from ") for n in results["int8-cached"]["notes"])
     for key in ("auto_over_fastest_dtype", "int8_cached_over_float32_total", "int8_cached_decode_over_float32"):
         assert math.isfinite(report["requests"]["ratios"][key]) and report["requests"]["ratios"][key] > 0, key
+    assert report["requests"]["ratios"]["int8_cached_peak_rss_gb"] == max(results["int8-cached"]["peak_rss_gb_runs"])
     _assert_cpu_recorded(report["cpu"], proc.stdout, tables=1)
