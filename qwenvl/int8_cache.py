@@ -249,7 +249,8 @@ class Packing:
     def __init__(self, cache: Path):
         from concurrent.futures import ThreadPoolExecutor
 
-        _int8.fbgemm_kernel()  # its one-time check, before the threads
+        _int8.fbgemm_kernel()  # their one-time checks, before the threads
+        _int8.onednn_kernel()
         self.reader = WeightReader(str(cache), files=[cache])
         self.metadata = self.reader.metadata
         self.entries = self.reader.entries
@@ -266,19 +267,20 @@ class Packing:
     def layer(self, name: str, linear, kernel: str = "fbgemm"):
         """The packed Int8Linear of `name` (waits for its packing; raises what packing raised)."""
         packed, scale = self._futures.pop(name).result()
-        return Int8Linear.from_packed(linear, packed, scale)
+        return Int8Linear.from_packed(linear, packed, scale, _int8.layer_kernel(name, kernel))
 
     def _pack(self, name: str):
         scale = self.reader.read(name + ".scale")
         rows, columns = self.entries[name + ".qdata"][2]["shape"]
-        block = _int8.fbgemm_block_rows(rows, columns)
+        onednn = _int8.layer_kernel(name, "fbgemm") == "onednn"  # packed whole (cache-friendly already)
+        block = rows if onednn else _int8.fbgemm_block_rows(rows, columns)
         packed = []
         for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
             # read into the thread's one buffer, not a new tensor per layer
             qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
-            packed.append(_int8._fbgemm_pack(qdata))
+            packed.append(_int8.onednn_pack(qdata) if onednn else _int8._fbgemm_pack(qdata))
         # Packing copies each block first (a quantized tensor) and frees the copy; those freed
         # holes between the packed weights stayed in glibc's heap, 0.5-1.4 GB above the final
         # size by the end of the load. A trim per layer cost 1 s of the load; one per

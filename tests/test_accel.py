@@ -73,7 +73,7 @@ def test_int8_replaces_the_language_model_and_vision_linears(tiny_model):
 def test_int8_with_float32_activations_keeps_a_bf16_embedding_table(tiny_model):
     """--dtype float32 --quantize int8 (CPUs without native bf16): float32 around int8 layers, logits close."""
     from qwenvl.accel import Int8Linear, load_model
-    from qwenvl.int8 import fbgemm_kernel
+    from qwenvl.int8 import fbgemm_kernel, onednn_kernel
     from qwenvl.int8_float32 import Bf16StoredLinear
 
     inputs = _inputs(tiny_model)
@@ -86,8 +86,12 @@ def test_int8_with_float32_activations_keeps_a_bf16_embedding_table(tiny_model):
     floats = {p.dtype for n, p in model.named_parameters()
               if p is not emb.weight and id(p) not in stored and p.is_floating_point()}
     assert floats == {torch.float32}
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    assert layers and {m.kernel for m in layers} == {"fbgemm" if fbgemm_kernel() else "torchao"}
+    kernels = {n: m.kernel for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    language = {k for n, k in kernels.items() if ".visual." not in f".{n}."}
+    vision = {k for n, k in kernels.items() if ".visual." in f".{n}."}
+    assert language == {"fbgemm" if fbgemm_kernel() else "torchao"}
+    # the vision tower's layers, which only multiply many rows: onednn's product where fbgemm runs
+    assert vision == ({"onednn" if onednn_kernel() else "fbgemm"} if fbgemm_kernel() else {"torchao"})
     ref = _logits(load_model(tiny_model, "float32", "cpu", "none"), inputs)
     got = _logits(model, inputs)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
@@ -151,6 +155,44 @@ def test_fbgemm_int8_linear_matches_the_dequantized_weights(rows, dtype):
     for row in range(rows):
         rel = ((y[0, row].float() - ref[0, row]).norm() / ref[0, row].norm()).item()
         assert rel < 0.03, (row, rel)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 500])
+def test_onednn_int8_linear_matches_the_dequantized_weights(rows):
+    """x86: onednn's int8 linear (the vision tower's where fbgemm runs), per-token activation scales, any row count."""
+    from qwenvl import int8
+    from qwenvl.int8 import Int8Linear, onednn_kernel
+
+    if onednn_kernel() is None:
+        pytest.skip("no onednn int8 linear in this torch")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 384, bias=True)
+    qdata = torch.randint(-127, 128, (384, 256), dtype=torch.int8)
+    scale = torch.rand(384) / 100 + 1e-3
+    buffer = qdata.clone()
+    layer = Int8Linear.from_packed(linear, [int8.onednn_pack(buffer)], scale, kernel="onednn")
+    buffer.zero_()  # packing copied the rows: the loader reuses its read buffer
+    assert layer.kernel == "onednn" and torch.equal(layer.int8_data()[0], qdata)
+    x = torch.randn(1, rows, 256)
+    x[0, 0] *= 50  # one token with huge activations must not spoil the others' precision
+    ref = x @ (qdata.float() * scale.reshape(-1, 1)).T + linear.bias.detach()
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.shape == (1, rows, 384) and y.dtype == torch.float32
+    for row in range(rows):
+        rel = ((y[0, row] - ref[0, row]).norm() / ref[0, row].norm()).item()
+        assert rel < 0.03, (row, rel)
+
+
+def test_without_onednn_the_vision_tower_stays_on_fbgemm(tiny_model, monkeypatch):
+    from qwenvl import int8
+    from qwenvl.accel import Int8Linear, load_model
+
+    _fbgemm_or_skip()
+    monkeypatch.setattr(int8, "_ONEDNN", [None])  # as where its check failed
+    model = load_model(tiny_model, "float32", "cpu", "int8")
+    assert {m.kernel for m in model.modules() if isinstance(m, Int8Linear)} == {"fbgemm"}
+    assert torch.isfinite(_logits(model, _inputs(tiny_model))).all()
 
 
 def test_bf16_path_is_bit_identical_to_from_pretrained(tiny_model):
@@ -517,6 +559,9 @@ def test_the_cache_loader_packs_a_large_lm_head_in_blocks_with_the_same_logits(t
     monkeypatch.setattr(int8, "FBGEMM_PACK_BYTES", 16 * fresh.lm_head.in_features)  # 16 rows
     cached = load_model(tiny_model, "float32", "cpu", "int8")
     assert len(cached.lm_head._packed) == -(-rows // 16)
+    kernels = [{n: m.kernel for n, m in model.named_modules() if isinstance(m, int8.Int8Linear)}
+               for model in (fresh, cached)]
+    assert kernels[0] == kernels[1]  # the vision tower's on onednn (where it runs) both ways
     assert torch.equal(_last_logits(cached, tiny_model), _last_logits(fresh, tiny_model))
 
 
