@@ -13,8 +13,11 @@ timed calls after a warm-up (the median is kept too), in GFLOP/s (int8: GOP/s, 2
 call). Candidates: float32 and bfloat16 F.linear; torch._int_mm on dynamically
 quantized activations; torch._weight_int8pack_mm (weight-only int8) with
 bfloat16 and float32 activations; PyTorch's dynamic quantized linear
-(quantized::linear_dynamic) under the fbgemm, x86 and onednn engines; torchao's
-Int8DynamicActivationInt8WeightConfig and Int8WeightOnlyConfig (eager).
+(quantized::linear_dynamic) under the fbgemm, x86 and onednn engines; qwenvl's
+own fbgemm and onednn layers (qwenvl/int8.py: activations scaled per row);
+torchao's Int8DynamicActivationInt8WeightConfig and Int8WeightOnlyConfig (eager).
+Then the time to pack the weight on one thread, fbgemm and onednn (every
+int8 load packs each layer).
 Prints a table headed by the CPU and writes JSON (default
 bench/results/kernels-<capability>.json).
 """
@@ -93,6 +96,16 @@ def one_kernel_set(rows: int, k: int, n: int, seed: int) -> dict:
         packed = torch.ops.quantized.linear_prepack(qweight, None)
         out[f"linear_dynamic {engine}"] = (lambda p=packed, e=engine: _with_engine(
             e, lambda: torch.ops.quantized.linear_dynamic(x, p, True)))
+    # as qwenvl runs them (qwenvl/int8.py): activations scaled per row, the rows' scales applied after
+    from qwenvl import int8 as q8
+
+    linear = torch.nn.Linear(k, n, bias=False)
+    if q8.fbgemm_kernel() is not None:
+        layer = q8.Int8Linear.from_packed(linear, q8.fbgemm_pack_rows(qw), sf, "fbgemm")
+        out["qwenvl fbgemm"] = lambda layer=layer: _with_engine("fbgemm", lambda: layer(x))
+    if q8.onednn_kernel() is not None:
+        layer = q8.Int8Linear.from_packed(linear, [q8.onednn_pack(qw)], sf, "onednn")
+        out["qwenvl onednn"] = lambda layer=layer: layer(x)
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
@@ -105,6 +118,27 @@ def one_kernel_set(rows: int, k: int, n: int, seed: int) -> dict:
     except Exception as exc:  # noqa: BLE001 (a torchao that cannot run here is a result too)
         print(f"torchao skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     return out
+
+
+def packing(k: int, n: int) -> dict:
+    """Seconds to pack a k x n int8 weight on one thread (what each int8 load does per layer), fbgemm (in
+    qwenvl's blocks of rows) and onednn; best of three."""
+    import torch
+
+    from qwenvl import int8 as q8
+
+    qw = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    out = {}
+    if q8.fbgemm_kernel() is not None:
+        out["fbgemm"] = lambda: q8.fbgemm_pack_rows(qw)
+    if q8.onednn_kernel() is not None:
+        out["onednn"] = lambda: q8.onednn_pack(qw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {name: timed(fn, budget_s=0.0, max_calls=3)[0] for name, fn in out.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _with_engine(engine, fn):
@@ -142,6 +176,9 @@ def main(argv=None) -> int:
             results[shape][name] = {"ms": s * 1e3, "median_ms": median * 1e3, "gops": ops / s / 1e9}
             print(f"  {name:30} {s * 1e3:9.2f} ms (median {median * 1e3:8.2f}) {ops / s / 1e9:8.1f} G(FL)OP/s",
                   flush=True)
+        for name, s in packing(k, n).items():
+            results[shape][f"pack {name}"] = {"ms": s * 1e3, "mb_s": k * n / s / 1e6}
+            print(f"  {'packing, ' + name + ' (1 thread)':30} {s * 1e3:9.2f} ms {k * n / s / 1e6:19.0f} MB/s", flush=True)
     out = args.out or ROOT / "bench" / "results" / f"kernels-{cpu['capability'].lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpu": cpu, "torch": torch.__version__, "results": results}, indent=2) + "\n")
