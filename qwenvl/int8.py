@@ -25,9 +25,12 @@ Kernels, per kind of CPU (bench/kernels.py measures them; docs/performance.md):
     without AVX-512 VNNI activations use 7 bits (`reduce_range`), as fbgemm
     requires there to avoid saturating 16-bit sums. Decode runs on every
     thread (see `Int8Linear._fbgemm`). fbgemm packs its weights at every load
-    (about 7.5 s of CPU time for the 2B model, in background threads from the start
-    of the session: qwenvl/int8_cache.py): one packed copy serves prefill and
-    decode.
+    (about 4.5 s of CPU time for the 2B model's language model, in background
+    threads from the start of the session: qwenvl/int8_cache.py): one packed
+    copy serves prefill and decode. The vision tower's layers, which only
+    ever multiply many rows, run on onednn's int8 product instead
+    (`torch.ops.onednn.qlinear_pointwise`, PyTorch's x86 int8 path): as fast
+    or faster there, and it packs 4-5x faster (`layer_kernel`).
   * no fbgemm (ARM64): the torchao kernels of the first case.
 """
 from __future__ import annotations
@@ -229,9 +232,9 @@ def choose_kernel(dtype: str) -> str:
     """fbgemm for float32 activations (CPUs without native bf16) where it runs; torchao's kernels otherwise.
 
     With bfloat16 activations (CPUs with native bf16) `_weight_int8pack_mm` and
-    `torch._int_mm` are as fast as fbgemm (decode 7.8 tok/s both; prefill 9.3 s
-    against 10.3 s) and their int8 rows can be mapped from the cache, where
-    fbgemm must pack them at every load (about 7.5 s of CPU time for the 2B model).
+    `torch._int_mm` need no packing (their int8 rows are mapped from the cache),
+    where fbgemm's packing costs more of a short request than its faster decode
+    saves (16 new tokens: 19.5 s against 17 s; docs/performance.md).
     """
     return "fbgemm" if dtype == "float32" and fbgemm_kernel() is not None else "torchao"
 
