@@ -189,7 +189,12 @@ def _onednn_quantize(x, info):
     s = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
     # x / s in [-1, 1] -> [z - q + 0.5, z + q + 0.5], truncated to z - q .. z + q (round half up)
     half = torch.tensor(info["zero_point"] + 0.5)
-    return torch.addcmul(half, x, info["levels"] / s).to(torch.uint8), s
+    q = torch.addcmul(half, x, info["levels"] / s)
+    if info["zero_point"] + info["levels"] <= 127:
+        # 7 bits fit int8 too, with the same bits: float -> int8 is vectorized and 3-10x faster than
+        # float -> uint8 (0.06-0.8 against 0.6-2.3 ms for the vision tower's 1900x1024 and x4096)
+        return q.to(torch.int8).view(torch.uint8), s
+    return q.to(torch.uint8), s
 
 
 def _onednn_product(xq, packed, scale, info):
