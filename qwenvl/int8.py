@@ -227,7 +227,7 @@ def onednn_pack(qdata):
 
 def layer_kernel(name: str, kernel: str) -> str:
     """The kernel of layer `name` when the model's is `kernel`: onednn instead of fbgemm for the vision
-    tower's layers, which only ever multiply many rows (an image's patches, 1,900 for 680x448)."""
+    tower's layers, which only ever multiply many rows (an image's patches, 1,900 for 800x600)."""
     if kernel == "fbgemm" and INT8_VISION_ONEDNN and ".visual." in f".{name}." and onednn_kernel() is not None:
         return "onednn"
     return kernel
