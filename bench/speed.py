@@ -403,7 +403,6 @@ def run_requests(args, checkpoint: Path, cpu: dict) -> dict:
         paths[at:at] = [(f"baseline-{name}", str(args.baseline_root)) for name in names if name.startswith("int8")]
     samples: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        warmed = set()
         for round_ in range(args.repeat):
             # one untimed request first: the first request of a run was slow whatever its path (auto
             # took 48.9 s against bfloat16's 22.0 s, the same code, at the same CPU seconds: the
@@ -419,15 +418,13 @@ def run_requests(args, checkpoint: Path, cpu: dict) -> dict:
                 env = dict(os.environ, QWENVL_INT8_CACHE=str(cache))
                 if name.removeprefix("baseline-") == "int8":  # the first run: it quantizes, with no cache
                     shutil.rmtree(cache, ignore_errors=True)
-                    warmed.discard(root)
-                elif name.endswith("int8-cached") and root not in warmed and not any(cache.glob("*.safetensors")):
+                elif name.endswith("int8-cached") and not any(cache.glob("*.safetensors")):
                     # no first int8 request before it: write the cache with a load only (not timed)
                     print(f"writing the int8 cache for {name} (load only) ...", file=sys.stderr, flush=True)
                     code = (f"import sys; sys.path.insert(0, {root!r}); from qwenvl.accel import load_model; "
                             f"load_model({str(checkpoint)!r}, 'bfloat16', 'cpu', 'int8', print)")
                     subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    warmed.add(root)
                 warm_page_cache(checkpoint, cache)
                 extra = REQUEST_PATHS[name.removeprefix("baseline-")]
                 spec = {"root": root, "argv": REQUEST + ["--model", str(checkpoint)] + extra}

@@ -161,7 +161,6 @@ def onednn_kernel() -> dict | None:
     if not _ONEDNN:
         import torch
 
-        info = None
         try:
             vnni = bool(torch.cpu.get_capabilities().get("avx512_vnni"))
         except (AttributeError, RuntimeError):
@@ -186,7 +185,7 @@ def _onednn_quantize(x, info):
     """(unsigned int8 rows of x scaled to max |x| = 1, each row's max |x|)."""
     import torch
 
-    s = x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
+    s = _row_max(x)
     # x / s in [-1, 1] -> [z - q + 0.5, z + q + 0.5], truncated to z - q .. z + q (round half up)
     half = torch.tensor(info["zero_point"] + 0.5)
     q = torch.addcmul(half, x, info["levels"] / s)
@@ -195,6 +194,11 @@ def _onednn_quantize(x, info):
         # float -> uint8 (0.06-0.8 against 0.6-2.3 ms for the vision tower's 1900x1024 and x4096)
         return q.to(torch.int8).view(torch.uint8), s
     return q.to(torch.uint8), s
+
+
+def _row_max(x):
+    """Each row's max |x| (a column; at least 1e-6): the rows' activation scales of both int8 kernels."""
+    return x.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
 
 
 def _onednn_product(xq, packed, scale, info):
@@ -424,7 +428,7 @@ class Int8Linear(_Module):
         if xf.shape[0] == 1:  # one row: fbgemm's per-tensor scale is already per token
             xf = xf.contiguous()
         else:
-            s = xf.abs().amax(dim=-1, keepdim=True).clamp_min_(1e-6)
+            s = _row_max(xf)
             xf = xf * s.reciprocal()  # a product is faster than a quotient (2 ms of 1900x4096)
         w = self.row_scale_f32  # the weight rows' scales, the product's columns' (packed at scale 1)
         parts = [torch.ops.quantized.linear_dynamic(xf, p, self.reduce_range) for p in self._packed]
@@ -437,19 +441,21 @@ class Int8Linear(_Module):
                 stop = start + part.shape[-1]
                 torch.mul(part, w[start:stop], out=y[:, start:stop])
                 start = stop
-        # rows rescaled and bias added in one pass, in place
-        if s is not None:
-            return torch.addcmul(self.bias, y, s, out=y) if self.bias is not None else y.mul_(s)
-        return y if self.bias is None else y.add_(self.bias)
+        return self._rows_back(y, s)
 
     def _onednn_linear(self, x):
         """onednn's int8 linear, one activation scale per row, and the bias."""
-        import torch
-
         info = onednn_kernel()
         xq, s = _onednn_quantize(x.float(), info)
-        y = _onednn_product(xq, self._onednn, self.row_scale_f32, info)
-        return torch.addcmul(self.bias, y, s, out=y) if self.bias is not None else y.mul_(s)
+        return self._rows_back(_onednn_product(xq, self._onednn, self.row_scale_f32, info), s)
+
+    def _rows_back(self, y, s):
+        """y's rows times their activation scales `s` (None: as they are), and the bias: one pass, in place."""
+        import torch
+
+        if s is not None:
+            return torch.addcmul(self.bias, y, s, out=y) if self.bias is not None else y.mul_(s)
+        return y if self.bias is None else y.add_(self.bias)
 
     def _int8_matmul(self, x):
         """Dynamic per-token int8 activations x int8 weights (`torch._int_mm`), rescaled to bfloat16.
