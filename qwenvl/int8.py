@@ -251,6 +251,10 @@ def choose_kernel(dtype: str) -> str:
 def _fbgemm_pack(qdata):
     """fbgemm's packed form of int8 rows, at scale 1 (symmetric: zero point 0).
 
+    `qdata`: plain int8 rows (copied into a quantized tensor first) or a
+    quantized tensor at scale 1 (`fbgemm_buffer`'s, packed as it is). The
+    packed form is a copy either way.
+
     The rows' own scales are applied to the product's columns afterwards
     (`Int8Linear._fbgemm`): packed per channel, PyTorch reads each row's scale
     and zero point back one at a time (`.item()`, about 2 us a row: 0.9-1.8 s of
@@ -269,8 +273,26 @@ def _fbgemm_pack(qdata):
         torch.backends.quantized.engine = "fbgemm"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "quantized tensors are deprecated"
-        q = torch._make_per_tensor_quantized_tensor(qdata, 1.0, 0)
+        q = qdata if qdata.is_quantized else torch._make_per_tensor_quantized_tensor(qdata, 1.0, 0)
         return torch.ops.quantized.linear_prepack(q, None)
+
+
+def fbgemm_buffer(nbytes: int):
+    """(a flat quantized int8 tensor at scale 1, a plain int8 tensor over the same bytes).
+
+    Rows read into the plain one are packed from the quantized one
+    (`_fbgemm_pack(quantized[:n].view(rows, columns))`) with no copy between:
+    the copy into a new quantized tensor cost 0.75 s of CPU time per load of
+    the 2B model (emulated AVX2), and each copy freed left a hole in the heap.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch._empty_affine_quantized((nbytes,), scale=1.0, zero_point=0, dtype=torch.qint8)
+    return quantized, torch.empty(0, dtype=torch.int8).set_(quantized.untyped_storage(), 0, (nbytes,))
 
 
 def fbgemm_block_rows(rows: int, columns: int) -> int:

@@ -244,7 +244,8 @@ class Packing:
     imports, mostly) and on every thread. Started before the model is built
     (`start_packing`), its layers are taken by `_load_int8_cache`. Largest
     layers first. A layer's rows are read with plain reads (page cache, not
-    this process's memory) into one buffer per thread.
+    this process's memory) into one buffer per thread; fbgemm's is a quantized
+    tensor, packed from as it is (`fbgemm_buffer`).
     """
 
     def __init__(self, cache: Path):
@@ -258,6 +259,7 @@ class Packing:
         names = [key.removesuffix(".qdata") for key in self.entries if key.endswith(".qdata")]
         names.sort(key=lambda n: -math.prod(self.entries[n + ".qdata"][2]["shape"]))
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._untrimmed = 0  # bytes packed since the last malloc_trim
         self._pool = ThreadPoolExecutor(max_workers=load_threads(), thread_name_prefix="qwenvl-int8")
         self._futures = {name: self._pool.submit(self._pack, name) for name in names}
@@ -277,15 +279,21 @@ class Packing:
         block = rows if onednn else _int8.fbgemm_block_rows(rows, columns)
         packed = []
         for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
-            # read into the thread's one buffer, not a new tensor per layer
-            qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
+            # read into the thread's one buffer, not a new tensor per layer: for fbgemm a quantized
+            # one, packed from where the rows were read
+            if onednn:
+                qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
+            else:
+                quantized, raw = self._fbgemm_buffer(block * columns)
+                qdata = self.reader.read(name + ".qdata", (start, start + block), into=raw)
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
-            packed.append(_int8.onednn_pack(qdata) if onednn else _int8._fbgemm_pack(qdata))
-        # Packing copies each block first (a quantized tensor) and frees the copy; those freed
-        # holes between the packed weights stayed in glibc's heap, 0.5-1.4 GB above the final
-        # size by the end of the load. A trim per layer cost 1 s of the load; one per
-        # PACKING_TRIM_BYTES packed bounds the holes for a few trims.
+            packed.append(_int8.onednn_pack(qdata) if onednn
+                          else _int8._fbgemm_pack(quantized[:qdata.numel()].view(qdata.shape)))
+        # Holes freed between the packed weights stay in glibc's heap: when each block was first
+        # copied into a quantized tensor, 0.5-1.4 GB above the final size by the end of the load.
+        # A trim per layer cost 1 s of the load; one per PACKING_TRIM_BYTES packed bounds the
+        # holes for a few trims (0.2 s; packing from the buffer left little for them to give back).
         with self._lock:
             self._untrimmed += rows * columns
             trim = self._untrimmed >= PACKING_TRIM_BYTES
@@ -294,6 +302,13 @@ class Packing:
         if trim:
             _trim_heap()
         return packed, scale
+
+    def _fbgemm_buffer(self, nbytes: int):
+        """This thread's `fbgemm_buffer`, of at least `nbytes`."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer[1].numel() < nbytes:
+            buffer = self._local.buffer = _int8.fbgemm_buffer(nbytes)
+        return buffer
 
     def close(self) -> None:
         """Stop: drops what was not taken, waits for the running packs, closes the file."""

@@ -46,13 +46,14 @@ class WeightReader:
             for key, info in header.items():
                 self.entries[key] = (file, base, info)
 
-    def read(self, key: str | None, rows: tuple[int, int] | None = None, reuse: bool = False):
+    def read(self, key: str | None, rows: tuple[int, int] | None = None, reuse: bool = False, into=None):
         """The tensor `key` (None when absent or of another dtype); `rows`: only rows [start, stop).
 
         `reuse`: read into this thread's buffer, which the next reuse=True read
         in the same thread overwrites (for bytes that are copied at once, such
-        as fbgemm's packing: no allocation per tensor, so no freed holes in
-        the heap to hand back to the OS).
+        as onednn's packing: no allocation per tensor, so no freed holes in
+        the heap to hand back to the OS). `into`: read into the first bytes of
+        this flat one-byte tensor instead (None when it is too small).
         """
         import torch
 
@@ -72,7 +73,11 @@ class WeightReader:
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != end - start:
             return None
-        if reuse:
+        if into is not None:
+            if into.numel() < nbytes or into.element_size() != 1:
+                return None
+            out = into[:nbytes].view(dtype).reshape(shape)
+        elif reuse:
             buffer = getattr(self._local, "buffer", None)
             if buffer is None or buffer.numel() < nbytes:
                 buffer = self._local.buffer = torch.empty(nbytes, dtype=torch.uint8)

@@ -233,6 +233,13 @@ def test_weight_reader_reads_what_safetensors_reads(tiny_model):
         assert torch.equal(first, expected[big])
         second = reader.read(small, reuse=True)
         assert torch.equal(second, expected[small]) and second.data_ptr() == first.data_ptr()
+        # into= (fbgemm's packing reads into its quantized buffer): the first bytes of the tensor given
+        nbytes = expected[small].numel() * expected[small].element_size()
+        into = torch.full((nbytes + 5,), 7, dtype=torch.int8)
+        third = reader.read(small, into=into)
+        assert torch.equal(third, expected[small]) and third.data_ptr() == into.data_ptr()
+        assert into[nbytes:].eq(7).all()
+        assert reader.read(small, into=into[:nbytes - 1]) is None  # too small: nothing read
     finally:
         reader.close()
 
@@ -474,7 +481,7 @@ def test_packing_started_before_the_load_gives_the_cached_model_and_ends(tiny_mo
 
 @pytest.mark.parametrize("every, per_layer", [(1, True), (10**12, False)])
 def test_packing_gives_freed_memory_back_every_so_many_bytes(tiny_model, tmp_path, monkeypatch, every, per_layer):
-    """fbgemm's packing frees a copy of every block: the packing trims the heap once per
+    """Packing leaves freed holes in the heap: the packing trims it once per
     PACKING_TRIM_BYTES packed (never more than once per layer), and the model is the same."""
     from qwenvl import int8_cache
     from qwenvl.accel import load_model
@@ -536,6 +543,25 @@ def test_fbgemm_layers_of_many_rows_are_packed_in_blocks_with_the_same_result(mo
     ref = x @ (qdata.float() * scale.reshape(-1, 1)).T  # each block's rows get their own scales
     assert ((y - ref).norm() / ref.norm()).item() < 0.03
     assert torch.equal(split.int8_data()[0], qdata) and torch.equal(whole.int8_data()[0], qdata)
+
+
+def test_fbgemm_packs_from_its_quantized_buffer_without_a_copy_and_keeps_its_own():
+    """The cache's packing reads rows into a quantized buffer (`fbgemm_buffer`) and packs from it: the
+    plain and quantized tensors share their bytes, and the packed weights survive the buffer's reuse."""
+    from qwenvl import int8
+
+    _fbgemm_or_skip()
+    torch.manual_seed(0)
+    quantized, raw = int8.fbgemm_buffer(300 * 64)
+    assert quantized.is_quantized and quantized.q_scale() == 1.0 and quantized.q_zero_point() == 0
+    assert raw.dtype == torch.int8 and raw.data_ptr() == quantized.data_ptr()
+    qdata = torch.randint(-127, 128, (200, 64), dtype=torch.int8)
+    raw[:qdata.numel()].copy_(qdata.reshape(-1))
+    packed = int8._fbgemm_pack(quantized[:qdata.numel()].view(200, 64))
+    raw.fill_(3)  # the next layer's rows
+    unpacked = torch.ops.quantized.linear_unpack(packed)[0]
+    assert torch.equal(unpacked.int_repr(), qdata)
+    assert torch.equal(torch.ops.quantized.linear_unpack(int8._fbgemm_pack(qdata))[0].int_repr(), qdata)
 
 
 def test_fbgemm_blocks_are_equal_and_at_most_the_block_size():
