@@ -128,3 +128,93 @@ def use_cpu_decode_attention(model) -> bool:
     AttentionMaskInterface.register(CPU_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     text_config._attn_implementation = CPU_ATTENTION
     return True
+
+
+# --- the key/value cache on the CPU ---------------------------------------------
+
+
+def cpu_kv_cache(model, tokens: int):
+    """A DynamicCache for `model.generate` whose layers write each new token in place
+    (`_reserved_layer`), room made for `tokens` tokens; None where the model's cache layers are not
+    all plain DynamicLayers (transformers then makes its own).
+
+    transformers' DynamicLayer concatenates: every new token copies the whole cache of every layer,
+    229 KB per cached token for Qwen3-VL-2B in float32. For 491 prompt tokens that is 21 ms of each
+    new token on 2 cores (a fifth of an int8 decode step), and it grows with the text: a 500-token
+    answer copies about 90 GB in all. The room is reserved, not written: memory the answer does not
+    reach is never resident.
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    layer_class = _reserved_layer()
+    cache.layers = [layer_class(tokens) for _ in cache.layers]
+    return cache
+
+
+_RESERVED: list = []
+
+
+def _reserved_layer():
+    """The DynamicLayer subclass of `cpu_kv_cache` (made on first use: this module imports torch lazily)."""
+    if _RESERVED:
+        return _RESERVED[0]
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        """A DynamicLayer whose keys and values are the first tokens of larger buffers: a new token is
+        written after them, not concatenated. Buffers grow (doubling) when full; anything that
+        replaces the keys (beam reordering, batch selection) is taken over into new buffers at the
+        next update, and `crop` (a view) keeps writing in place."""
+
+        def __init__(self, tokens: int):
+            super().__init__()
+            self.room = max(int(tokens), 1)
+            self._buffers = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            stop = length + key_states.shape[-2]
+            if not self._writable(key_states, value_states, length, stop):
+                self._reserve(key_states, value_states, length, stop)
+            keys, values = self._buffers
+            keys[..., length:stop, :].copy_(key_states)
+            values[..., length:stop, :].copy_(value_states)
+            self.keys, self.values = keys[..., :stop, :], values[..., :stop, :]
+            return self.keys, self.values
+
+        def _writable(self, key_states, value_states, length, stop) -> bool:
+            """Whether the new tokens can be written in place: the buffers hold the keys as they are."""
+            if self._buffers is None:
+                return False
+            keys, values = self._buffers
+            if stop > keys.shape[-2] or keys.shape[:-2] != key_states.shape[:-2] or values.shape[:-2] != value_states.shape[:-2]:
+                return False
+            return length == 0 or (self.keys.data_ptr() == keys.data_ptr() and self.keys.stride() == keys.stride()
+                                   and self.values.data_ptr() == values.data_ptr())
+
+        def _reserve(self, key_states, value_states, length, stop) -> None:
+            """New buffers with room for at least `stop` tokens (the larger of the room asked for and
+            twice the present size), holding the present keys and values."""
+            size = max(self.room, stop, 2 * length)
+            keys = torch.empty(*key_states.shape[:-2], size, key_states.shape[-1],
+                               dtype=key_states.dtype, device=key_states.device)
+            values = torch.empty(*value_states.shape[:-2], size, value_states.shape[-1],
+                                 dtype=value_states.dtype, device=value_states.device)
+            if length:
+                keys[..., :length, :].copy_(self.keys)
+                values[..., :length, :].copy_(self.values)
+            self._buffers = (keys, values)
+            self.room = size
+
+        def reset(self) -> None:
+            self._buffers = None
+            super().reset()
+
+    _RESERVED.append(ReservedLayer)
+    return ReservedLayer

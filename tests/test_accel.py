@@ -724,3 +724,91 @@ def test_the_first_run_quantizes_in_a_thread_of_its_own_and_its_errors_reach_the
     monkeypatch.setenv("QWENVL_INT8_CACHE", str(tmp_path / "cache2"))
     with pytest.raises(RuntimeError, match="no memory for layer 7"):
         load_model(tiny_model, "float32", "cpu", "int8")
+
+
+def test_the_cpu_kv_cache_holds_what_concatenation_holds_and_writes_in_place(tiny_model):
+    """Prefill, decode steps past the reserved room (it grows), crop, batch selection: the keys and
+    values equal a stock DynamicLayer's at every step; decode steps within the room copy nothing."""
+    from transformers import AutoConfig
+    from transformers.cache_utils import DynamicLayer
+
+    from qwenvl.accel import cpu_kv_cache
+
+    cache = cpu_kv_cache(type("M", (), {"config": AutoConfig.from_pretrained(tiny_model)})(), tokens=7)
+    assert cache is not None and len(cache.layers) > 1
+    ours, stock = cache.layers[0], DynamicLayer()
+    assert type(ours).__name__ == "ReservedLayer"
+    torch.manual_seed(0)
+
+    def step(tokens, batch=2):
+        k, v = torch.randn(batch, 4, tokens, 8), torch.randn(batch, 4, tokens, 8)
+        got, ref = ours.update(k, v), stock.update(k, v)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        assert ours.get_seq_length() == stock.get_seq_length()
+        return got
+
+    first = step(5)  # prefill
+    assert first[0].data_ptr() == step(1)[0].data_ptr() == step(1)[0].data_ptr()  # in place up to 7
+    grown = step(1)  # the 8th token: new buffers, twice the size
+    assert grown[0].data_ptr() != first[0].data_ptr() and ours.room == 14
+    for _ in range(3):
+        step(1)
+    ours.crop(-2), stock.crop(-2)
+    after_crop = step(1)
+    assert after_crop[0].data_ptr() == grown[0].data_ptr()  # a crop is a view: still in place
+    index = torch.tensor([1])
+    ours.batch_select_indices(index), stock.batch_select_indices(index)
+    step(1, batch=1)  # the selected rows, taken over into new buffers
+    step(1, batch=1)
+    ours.reset(), stock.reset()
+    assert ours.get_seq_length() == 0
+    step(3, batch=1)
+
+
+def test_cpu_generation_uses_the_in_place_cache_with_the_same_answers(tiny_model, monkeypatch):
+    """A batch of two conversations of different lengths (left padding), greedy: the same tokens
+    with the in-place cache as with transformers' own, which it replaces on the CPU."""
+    from qwenvl import accel
+    from qwenvl.options import GenerationSettings
+    from qwenvl.session import ModelSession
+
+    session = ModelSession(tiny_model, device="cpu", dtype="float32")
+    made = []
+    original = accel.cpu_kv_cache
+
+    def spy(model, tokens):
+        made.append((tokens, original(model, tokens)))
+        return made[-1][1]
+
+    conversations = [[{"role": "user", "content": [{"type": "text", "text": "Say something."}]}],
+                     [{"role": "user", "content": [{"type": "text", "text": "Count to ten, then say something long."}]}]]
+    settings = GenerationSettings(max_new_tokens=12, ignore_eos=True, loop_guard=False)
+    monkeypatch.setattr(accel, "cpu_kv_cache", spy)
+    ours = session.generate(conversations, settings)
+    monkeypatch.setattr(accel, "cpu_kv_cache", lambda model, tokens: None)
+    stock = session.generate(conversations, settings)
+    assert len(made) == 1 and made[0][1] is not None
+    prompt = session.prepare(conversations)["input_ids"].shape[1]
+    assert made[0][0] == prompt + 12
+    assert made[0][1].get_seq_length() == prompt + 11  # the last token is never fed back
+    assert [g.text for g in ours] == [g.text for g in stock]
+    assert [g.completion_tokens for g in ours] == [12, 12]
+
+
+def test_generate_with_the_in_place_cache_gives_the_same_logits_at_every_step(tiny_model):
+    """The real model's generate, image and text, 10 greedy steps: every step's logits equal those
+    with transformers' own cache (decode reads the keys and values written in place)."""
+    from qwenvl.accel import cpu_kv_cache, load_model
+
+    model = load_model(tiny_model, "float32", "cpu", "none")
+    inputs = _inputs(tiny_model)
+    runs = []
+    for cache in (None, cpu_kv_cache(model, inputs["input_ids"].shape[1] + 4)):  # grows past its room
+        extra = {} if cache is None else {"past_key_values": cache}
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True, **extra)
+        runs.append(out)
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    for stock, ours in zip(runs[0].logits, runs[1].logits, strict=True):
+        assert torch.allclose(stock, ours, rtol=1e-5, atol=1e-5), (stock - ours).abs().max()
