@@ -178,10 +178,13 @@ def test_batch_usage_errors(cli, tmp_path):
 
 
 def _spawn_batch(model, sources, out, extra=()):
+    # SIGINT as at a terminal: a suite started in the background (`pytest &` without job control)
+    # hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt
     return subprocess.Popen(
         [sys.executable, str(ROOT / "predict.py"), "--batch", *map(str, sources), "--output", str(out),
          "--model", model, "--max-new-tokens", "4", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
