@@ -209,12 +209,6 @@ class ModelSession:
             kwargs["stopping_criteria"] = StoppingCriteriaList([guard])
         if on_text is not None:
             kwargs["streamer"] = _CallbackStreamer(self.tokenizer, on_text)
-        if self.device == "cpu":  # new tokens written into the cache in place, not concatenated
-            from .accel import cpu_kv_cache
-
-            cache = cpu_kv_cache(self.model, prompt_len + settings.max_new_tokens)
-            if cache is not None:
-                kwargs["past_key_values"] = cache
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         try:
