@@ -244,8 +244,9 @@ class Packing:
     imports, mostly) and on every thread. Started before the model is built
     (`start_packing`), its layers are taken by `_load_int8_cache`. Largest
     layers first. A layer's rows are read with plain reads (page cache, not
-    this process's memory) into one buffer per thread; fbgemm's is a quantized
-    tensor, packed from as it is (`fbgemm_buffer`).
+    this process's memory) into one buffer per thread, a quantized tensor
+    that fbgemm packs from as it is (`fbgemm_buffer`); onednn packs from its
+    plain view.
     """
 
     def __init__(self, cache: Path):
@@ -279,13 +280,10 @@ class Packing:
         block = rows if onednn else _int8.fbgemm_block_rows(rows, columns)
         packed = []
         for start in range(0, rows, block):  # a block at a time: the lm_head's rows are never all read at once
-            # read into the thread's one buffer, not a new tensor per layer: for fbgemm a quantized
-            # one, packed from where the rows were read
-            if onednn:
-                qdata = self.reader.read(name + ".qdata", (start, start + block), reuse=True)
-            else:
-                quantized, raw = self._fbgemm_buffer(block * columns)
-                qdata = self.reader.read(name + ".qdata", (start, start + block), into=raw)
+            # read into the thread's one buffer, not a new tensor per layer, and packed from where
+            # the rows were read: onednn from the plain view, fbgemm from the quantized one
+            quantized, raw = self._buffer(block * columns)
+            qdata = self.reader.read(name + ".qdata", (start, start + block), into=raw)
             if qdata is None or scale is None:
                 raise ValueError(f"{name}: cannot be read from the cache")
             packed.append(_int8.onednn_pack(qdata) if onednn
@@ -303,8 +301,9 @@ class Packing:
             _trim_heap()
         return packed, scale
 
-    def _fbgemm_buffer(self, nbytes: int):
-        """This thread's `fbgemm_buffer`, of at least `nbytes`."""
+    def _buffer(self, nbytes: int):
+        """This thread's one read buffer (`fbgemm_buffer`: quantized, and plain over the same bytes),
+        of at least `nbytes`."""
         buffer = getattr(self._local, "buffer", None)
         if buffer is None or buffer[1].numel() < nbytes:
             buffer = self._local.buffer = _int8.fbgemm_buffer(nbytes)

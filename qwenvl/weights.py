@@ -46,14 +46,13 @@ class WeightReader:
             for key, info in header.items():
                 self.entries[key] = (file, base, info)
 
-    def read(self, key: str | None, rows: tuple[int, int] | None = None, reuse: bool = False, into=None):
+    def read(self, key: str | None, rows: tuple[int, int] | None = None, into=None):
         """The tensor `key` (None when absent or of another dtype); `rows`: only rows [start, stop).
 
-        `reuse`: read into this thread's buffer, which the next reuse=True read
-        in the same thread overwrites (for bytes that are copied at once, such
-        as onednn's packing: no allocation per tensor, so no freed holes in
-        the heap to hand back to the OS). `into`: read into the first bytes of
-        this flat one-byte tensor instead (None when it is too small).
+        `into`: read into the first bytes of this flat one-byte tensor (None
+        when it is too small), for bytes that are copied at once, such as the
+        int8 cache's packing: one buffer reused, no allocation per tensor, so
+        no freed holes in the heap to hand back to the OS.
         """
         import torch
 
@@ -77,11 +76,6 @@ class WeightReader:
             if into.numel() < nbytes or into.element_size() != 1:
                 return None
             out = into[:nbytes].view(dtype).reshape(shape)
-        elif reuse:
-            buffer = getattr(self._local, "buffer", None)
-            if buffer is None or buffer.numel() < nbytes:
-                buffer = self._local.buffer = torch.empty(nbytes, dtype=torch.uint8)
-            out = buffer[:nbytes].view(dtype).reshape(shape)
         else:
             out = torch.empty(shape, dtype=dtype)
         view = memoryview(out.view(torch.uint8).reshape(-1).numpy())

@@ -227,19 +227,16 @@ def test_weight_reader_reads_what_safetensors_reads(tiny_model):
                 assert torch.equal(reader.read(key, (1, 3)), tensor[1:3]), key
                 assert torch.equal(reader.read(key, (2, 10**9)), tensor[2:]), key
         assert reader.read("no.such.weight") is None
-        # reuse=True (the int8 cache's packing): one buffer per thread, overwritten by the next such read
+        # into= (the int8 cache's packing): one buffer per thread, its first bytes overwritten by each read
         big, small = sorted((k for k, t in expected.items() if t.dim() == 2), key=lambda k: -expected[k].numel())[:2]
-        first = reader.read(big, reuse=True)
-        assert torch.equal(first, expected[big])
-        second = reader.read(small, reuse=True)
+        size = lambda key: expected[key].numel() * expected[key].element_size()  # noqa: E731
+        into = torch.full((size(big) + 5,), 7, dtype=torch.int8)
+        first = reader.read(big, into=into)
+        assert torch.equal(first, expected[big]) and first.data_ptr() == into.data_ptr()
+        assert into[size(big):].eq(7).all()
+        second = reader.read(small, into=into)
         assert torch.equal(second, expected[small]) and second.data_ptr() == first.data_ptr()
-        # into= (fbgemm's packing reads into its quantized buffer): the first bytes of the tensor given
-        nbytes = expected[small].numel() * expected[small].element_size()
-        into = torch.full((nbytes + 5,), 7, dtype=torch.int8)
-        third = reader.read(small, into=into)
-        assert torch.equal(third, expected[small]) and third.data_ptr() == into.data_ptr()
-        assert into[nbytes:].eq(7).all()
-        assert reader.read(small, into=into[:nbytes - 1]) is None  # too small: nothing read
+        assert reader.read(small, into=into[:size(small) - 1]) is None  # too small: nothing read
     finally:
         reader.close()
 
