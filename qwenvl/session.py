@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -299,23 +300,32 @@ def loaded_for_life():
     """Load what the process keeps until it exits (the CLI's one model) with the collector paused.
 
     Python's cyclic collector walks every object it tracks at each full pass: torch,
-    transformers and the model leave about 430,000 of them. The passes that the load set
-    off (8 for the 2B model, up to 0.25 s each: 1.3 s of the load) and those at exit (the
-    process ended 1.5-1.9 s after the answer) were about a tenth of a 23 s int8 request on
-    2 cores. While loading, the collector is paused; at the end it runs once (0.4 s), so
-    nothing the load threw away is kept, and what is left is frozen (`gc.freeze`): later
-    passes, the ones at exit included (now 0.4 s), skip it. After a failed load the
-    collector is only resumed. (int8's quantization turns it on while it runs.)
+    transformers and the model leave about 850,000 of them. The passes that the load set
+    off (8 for the 2B model, up to 0.25 s each: 1.3 s of the load) and those at exit were
+    about a tenth of a 23 s int8 request on 2 cores. While loading, the collector is
+    paused; at the end what the load made is frozen (`gc.freeze`): later passes skip it.
+    The load's own cyclic garbage is frozen with it, unless CUDA was used: on the CPU it
+    is 13,000-15,500 small objects (6-7 MB, none of them a tensor; 2B model, float32 and
+    int8), which a full pass would take 0.35-0.38 s to find, while on a GPU a cycle
+    holding a tensor would hold device memory, so there it is collected first. After a
+    failed load the collector is only resumed. (int8's quantization turns it on while it
+    runs.)
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-        gc.collect()
+        if _cuda_used():
+            gc.collect()
         gc.freeze()
     finally:
         if enabled:
             gc.enable()
+
+
+def _cuda_used() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
 
 
 def _free_memory() -> None:
