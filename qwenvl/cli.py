@@ -1,4 +1,4 @@
-"""Command-line parsing and validation, and `main(argv) -> exit code`.
+"""Command-line parsing and validation, `main(argv) -> exit code`, and `entry()` (predict.py's).
 
 Everything a user can get wrong in the arguments is found here, before any
 input is read or the model loads, and reported as one line with exit code 2.
@@ -8,6 +8,7 @@ below the CLI sees the argparse namespace.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import sys
@@ -368,6 +369,36 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _restore_signal_handlers(previous)
+
+
+def entry():
+    """predict.py's entry: `main()`, then the process ends with its exit code, without the
+    interpreter's teardown.
+
+    That teardown frees, object by object, the model, torch and transformers: 0.2-0.5 s of
+    an int8 request and 0.35-1.1 s of a float32 one (2B model, 2 cores), for memory the
+    system takes back at once when the process ends (0.1-0.2 s). Nothing is lost: what the
+    CLI writes is complete when `main` returns (output files are replaced whole, sinks
+    write through file descriptors), threads are waited for, every other exit handler has
+    run (this one is registered before torch and the libraries import, so it runs last), and
+    stdout and stderr are flushed here. After an uncaught exception (QWENVL_DEBUG) the
+    interpreter ends as usual.
+    """
+    code: list[int] = []
+    atexit.register(_end_process, code)
+    code.append(main())
+    raise SystemExit(code[0])
+
+
+def _end_process(code: list[int]) -> None:
+    if not code:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code[0])
 
 
 def _silence_stdout() -> None:

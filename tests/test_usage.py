@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,33 @@ def test_predict_py_entry_exit_codes(tmp_path):
     assert r.stderr.strip().splitlines() == ["error: --task vqa needs a question: add --prompt \"...\" (see --help)"]
     v = subprocess.run([sys.executable, "predict.py", "--version"], cwd=ROOT, capture_output=True, text=True)
     assert v.returncode == 0 and v.stdout.startswith("predict.py ")
+
+
+def test_predict_py_ends_without_teardown_after_exit_handlers_and_flushing():
+    """cli.entry: main's exit code, stdout flushed whole, the exit handlers registered later
+    (torch's, transformers') still run, and the interpreter's teardown (which frees the model
+    object by object) is skipped."""
+    code = textwrap.dedent("""
+        import atexit, sys
+        from qwenvl import cli
+
+        class Freed:
+            def __del__(self):
+                sys.stderr.write("torn down\\n")
+
+        kept = Freed()
+
+        def main():
+            atexit.register(lambda: sys.stderr.write("handler ran\\n"))
+            sys.stdout.write("x" * 100000)
+            return 3
+
+        cli.main = main
+        cli.entry()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 3 and r.stdout == "x" * 100000
+    assert r.stderr.splitlines() == ["handler ran"]
+    failed = subprocess.run([sys.executable, "-c", code.replace("return 3", "raise SystemExit(4)")], cwd=ROOT,
+                            capture_output=True, text=True)  # no exit code from main: the usual teardown
+    assert failed.returncode == 4 and failed.stderr.splitlines() == ["handler ran", "torn down"]
