@@ -43,7 +43,7 @@ each in its own process:
         --ignore-eos --format json [--dtype D] [--quantize int8]
 for --dtype float32, auto and bfloat16, and --quantize int8 twice (the first
 run quantizes and writes the int8 cache, the second reads it): process wall
-time, the record's load and generate times, prefill (first forward) and decode
+time (each process ends as that checkout's predict.py ends it: `cli.end_process`), the record's load and generate times, prefill (first forward) and decode
 tokens/s (later forwards; timed by wrapping the model's forward, nothing else
 changed), peak RSS (VmHWM), and the "dtype auto" line. Before each request the
 weights files are read once, untimed, so that every path starts with them in
@@ -61,6 +61,7 @@ Every table is headed by the CPU as PyTorch sees it (qwenvl.device.cpu_info).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -329,6 +330,9 @@ def on_import(name: str, patch) -> None:
     sys.meta_path.insert(0, Finder())
 
 
+_REQUEST_CODE: list[int] = []
+
+
 def request_worker(spec: dict) -> dict:
     """One CLI request in this process: the record, forward times, peak RSS."""
     import contextlib
@@ -356,6 +360,10 @@ def request_worker(spec: dict) -> dict:
     # patched when the CLI imports it, not imported here first: the CLI's order of work is what is
     # timed (with int8 it starts packing weights before it imports transformers, 3-4 s of imports)
     on_import("transformers.models.qwen3_vl.modeling_qwen3_vl", time_forward)
+    from qwenvl import cli
+
+    if hasattr(cli, "end_process"):  # the process then ends as the checkout's predict.py ends it
+        atexit.register(cli.end_process, _REQUEST_CODE)  # (set after the RESULT line)
     from qwenvl.cli import main as cli_main
 
     out, err = io.StringIO(), io.StringIO()
@@ -550,6 +558,7 @@ def main(argv=None) -> int:
         return 0
     if args._request:
         print("RESULT " + json.dumps(request_worker(json.loads(args._request))), flush=True)
+        _REQUEST_CODE.append(0)
         return 0
 
     checkpoint = ensure_checkpoint(args.checkpoint.expanduser())

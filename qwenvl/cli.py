@@ -385,12 +385,13 @@ def entry():
     interpreter ends as usual.
     """
     code: list[int] = []
-    atexit.register(_end_process, code)
+    atexit.register(end_process, code)
     code.append(main())
     raise SystemExit(code[0])
 
 
-def _end_process(code: list[int]) -> None:
+def end_process(code: list[int]) -> None:
+    """The exit handler `entry` registers: ends the process with code[0] (nothing when empty)."""
     if not code:
         return
     for stream in (sys.stdout, sys.stderr):
