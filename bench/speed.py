@@ -43,9 +43,10 @@ each in its own process:
         --ignore-eos --format json [--dtype D] [--quantize int8]
 for --dtype float32, auto and bfloat16, and --quantize int8 twice (the first
 run quantizes and writes the int8 cache, the second reads it): process wall
-time (each process ends as that checkout's predict.py ends it: `cli.end_process`), the record's load and generate times, prefill (first forward) and decode
-tokens/s (later forwards; timed by wrapping the model's forward, nothing else
-changed), peak RSS (VmHWM), and the "dtype auto" line. Before each request the
+time (each process ends as that checkout's predict.py ends it:
+`cli.end_process`), the record's load and generate times, prefill (first
+forward) and decode tokens/s (later forwards; timed by wrapping the model's
+forward, nothing else changed), peak RSS (VmHWM), and the "dtype auto" line. Before each request the
 weights files are read once, untimed, so that every path starts with them in
 the page cache (float32's 13 GB would otherwise push them out for the next). `--baseline-root DIR` adds the
 int8 path of another checkout (e.g. the previous commit) run the same way.
@@ -364,12 +365,11 @@ def request_worker(spec: dict) -> dict:
 
     if hasattr(cli, "end_process"):  # the process then ends as the checkout's predict.py ends it
         atexit.register(cli.end_process, _REQUEST_CODE)  # (set after the RESULT line)
-    from qwenvl.cli import main as cli_main
 
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main(spec["argv"])
+        code = cli.main(spec["argv"])
     wall = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"exit {code}: {err.getvalue()[-2000:]}")
