@@ -38,6 +38,8 @@ from __future__ import annotations
 import gc
 import os
 
+from .heap import trim as _trim_heap
+
 # Rows (batch x new tokens) up to which bfloat16 activations use the weight-only
 # matrix-vector kernel; above it, an int8 x int8 product (prefill).
 INT8_DECODE_MAX_ROWS = 16
@@ -610,28 +612,6 @@ def release_freed_memory() -> None:
     """Give the quantization temporaries back to the OS (glibc keeps freed heap otherwise)."""
     gc.collect()
     _trim_heap()
-
-
-_LIBC = []
-
-
-def _trim_heap() -> None:
-    """glibc's malloc_trim(0): return free heap pages to the OS (a no-op elsewhere).
-
-    Freed tensors of a few MB stay in glibc's heap, counted in the resident
-    set, and the holes they leave between live tensors are rarely reused
-    whole: without this, quantizing 197 weights one after another peaked at
-    2 GB above the final size.
-    """
-    if not _LIBC:
-        import ctypes
-
-        try:
-            _LIBC.append(ctypes.CDLL("libc.so.6").malloc_trim)
-        except (OSError, AttributeError):
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0](0)
 
 
 def _tied_source(model) -> str | None:

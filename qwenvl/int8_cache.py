@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from . import int8 as _int8
+from .heap import trim as _trim_heap
 from .weights import _SAFETENSORS_NAMES, WeightReader
 from .int8 import (
     Int8Linear,
@@ -24,7 +25,6 @@ from .int8 import (
     _int8_tensor,
     _mark_int8,
     _template,
-    _trim_heap,
     choose_kernel,
     int8_linear_names,
     quantize_int8,

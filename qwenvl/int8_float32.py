@@ -8,7 +8,8 @@ float32 a block of rows at a time (qwenvl/accel.py calls it).
 """
 from __future__ import annotations
 
-from .int8 import Int8Linear, _trim_heap
+from .heap import trim as _trim_heap
+from .int8 import Int8Linear
 
 try:
     import torch as _torch

@@ -139,6 +139,10 @@ class ModelSession:
         finally:
             if packing is not None:
                 packing.close()
+        if self.device == "cpu":  # generation's activations reuse the heap from now on (qwenvl/heap.py)
+            from . import heap
+
+            heap.tune_for_generation(self.model)
         self.processor.tokenizer.padding_side = "left"
         self.tokenizer = self.processor.tokenizer
         self.eos_ids = self._eos_ids()
