@@ -17,8 +17,8 @@ next layer (`reuse_freed`); what the vision tower's activations leave is given
 back once the tower has run, so that it does not add to the language model's
 peak. The load is left as it was: its peak depends on temporaries going back to
 the OS between its trims. Measured in docs/performance.md ("glibc's heap
-during generation"): the vision tower's page faults fell 3-5x, the whole int8
-request took 0.94x (emulated AVX2) and 0.97x (native bf16) of its time before,
+during generation"): the vision tower's page faults fell 2.5-6x, the whole int8
+request took 0.94x (emulated AVX2) and 0.99x (native bf16) of its time before,
 and the peak is the same.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
-# Blocks up to this size come from the heap after `reuse_freed` (the largest
-# activation of a forward pass over a large image or a video stays under it).
+# Blocks up to this size come from the heap after `reuse_freed` (the largest activation
+# of the sample image's forward pass is 31 MB; larger blocks are mapped as glibc does).
 MMAP_THRESHOLD = 1 << 30
 # ... and free memory at the top of the heap is kept up to this (mallopt's int:
 # the most it takes): the next forward pass reuses it.
