@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {"prefill": (500, 2048, 6144), "vision": (1900, 1024, 4096), "decode": (1, 2048, 6144)}
 EXTRA_SHAPES = {"lm_head": (1, 2048, 151936)}  # only when asked for (--shapes)
+ALL_SHAPES = {**SHAPES, **EXTRA_SHAPES}
 
 
 def timed(fn, budget_s: float = 1.5, max_calls: int = 40) -> tuple[float, float]:
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--shapes", default=",".join(SHAPES),
-                    help=f"comma-separated, of {', '.join({**SHAPES, **EXTRA_SHAPES})} (default: {','.join(SHAPES)})")
+                    help=f"comma-separated, of {', '.join(ALL_SHAPES)} (default: {','.join(SHAPES)})")
     args = ap.parse_args(argv)
     import torch
 
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
           f"native bf16 {'yes' if cpu['native_bf16'] else 'no'}, {cpu['threads']} threads")
     results = {}
     for shape in args.shapes.split(","):
-        rows, k, n = {**SHAPES, **EXTRA_SHAPES}[shape]
+        rows, k, n = ALL_SHAPES[shape]
         ops = 2 * rows * k * n
         results[shape] = {}
         print(f"\n{shape}: {rows}x{k} by {k}x{n}")

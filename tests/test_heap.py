@@ -60,12 +60,17 @@ def _glibc_or_skip():
         pytest.skip("not glibc 2.33 or later")
 
 
-def test_after_reuse_freed_a_freed_activation_stays_in_the_heap_and_is_not_faulted_again():
-    _glibc_or_skip()
-    proc = subprocess.run([sys.executable, "-c", _ROUNDS], cwd=ROOT, capture_output=True, text=True, timeout=120,
+def _fresh_process(code: str) -> dict:
+    """The JSON object that `code` prints last, run in a fresh Python process (glibc's settings untouched)."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_after_reuse_freed_a_freed_activation_stays_in_the_heap_and_is_not_faulted_again():
+    _glibc_or_skip()
+    out = _fresh_process(_ROUNDS)
     size = 96 << 20
     assert out["tuned"] is True
     # glibc's defaults give a block this large back to the OS when it is freed ...
@@ -83,10 +88,7 @@ def test_trim_still_gives_the_kept_memory_back_to_the_os():
         "    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS:')).split()[1]) << 10\n"
         "heap.reuse_freed(); rounds(); full = rss(); heap.trim()\n"
         "print(json.dumps({'full': full, 'trimmed': rss()}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": ROOT})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _fresh_process(code)
     assert out["full"] - out["trimmed"] >= 90 << 20
 
 
